@@ -1,0 +1,7 @@
+//! ptlens: decode and index Intel PT recordings made with Linux `perf`.
+//!
+//! Layering (see `ARCHITECTURE.md`): [`pt`] and [`perf`] are independent leaves;
+//! everything else builds on them. Nothing in this library knows LSP or JSON-RPC.
+
+pub mod perf;
+pub mod pt;

@@ -1,0 +1,1 @@
+//! Reading perf.data files. Knows nothing of Intel PT packets.

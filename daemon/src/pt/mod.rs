@@ -1,0 +1,1 @@
+//! Intel Processor Trace over raw bytes and code images. Knows nothing of perf.data.

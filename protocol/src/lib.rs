@@ -1,0 +1,1 @@
+//! The ptlens extensions to the Language Server Protocol, documented in `protocol/README.md`.
