@@ -1,1 +1,3 @@
 //! Intel Processor Trace over raw bytes and code images. Knows nothing of perf.data.
+
+pub mod dump;

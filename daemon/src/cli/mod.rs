@@ -1,0 +1,27 @@
+//! Subcommands of the `ptlens` binary. Each one is a thin layer over the library.
+
+mod dump;
+mod dump_file;
+mod dump_pt;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "ptlens",
+    version,
+    about = "Intel PT recordings from Linux perf, decoded and indexed"
+)]
+pub enum Command {
+    /// Print a perf.data file's records and its Intel PT packets, as `perf script -D` does;
+    /// or, with --pt, the packets of a raw Intel PT byte stream.
+    Dump(dump::DumpArgs),
+}
+
+impl Command {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Dump(args) => args.run(),
+        }
+    }
+}
