@@ -3,5 +3,6 @@
 //! Layering (see `ARCHITECTURE.md`): [`pt`] and [`perf`] are independent leaves;
 //! everything else builds on them. Nothing in this library knows LSP or JSON-RPC.
 
+pub mod debuginfo;
 pub mod perf;
 pub mod pt;
