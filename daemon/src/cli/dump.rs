@@ -15,6 +15,26 @@ pub struct DumpArgs {
     /// How to print packets: as `perf script -D` does, or as libipt's ptdump does (with --pt).
     #[arg(long, value_enum, default_value_t = PacketFormat::Perf)]
     pub format: PacketFormat,
+
+    /// ptdump format: leave out each packet's offset.
+    #[arg(long, requires = "pt")]
+    pub no_offset: bool,
+
+    /// ptdump format: print each packet's bytes.
+    #[arg(long, requires = "pt")]
+    pub raw: bool,
+
+    /// ptdump format: print the reconstructed last IP on IP packets.
+    #[arg(long, requires = "pt")]
+    pub lastip: bool,
+
+    /// ptdump format: print the execution mode on MODE.Exec packets.
+    #[arg(long, requires = "pt")]
+    pub exec_mode: bool,
+
+    /// ptdump format: decode from the first byte instead of the first PSB.
+    #[arg(long, requires = "pt")]
+    pub no_sync: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
