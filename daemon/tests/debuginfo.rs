@@ -67,11 +67,17 @@ impl Fixture {
 
     /// Builds a variant of the program (a different constant, hence a different build-id).
     fn build(&self, name: &str, variant: u32) -> PathBuf {
+        self.build_with(name, variant, &[])
+    }
+
+    /// Builds a variant with extra compiler flags.
+    fn build_with(&self, name: &str, variant: u32, flags: &[&str]) -> PathBuf {
         let out = self.path(name);
         run(Command::new("gcc")
             .current_dir(self.dir.path())
             .args(["-g", "-O1", "-Wl,--build-id=sha1"])
             .arg(format!("-DVARIANT={variant}"))
+            .args(flags)
             .args(["main.c", "other.c", "-o"])
             .arg(&out));
         out
@@ -512,4 +518,27 @@ fn not_elf_and_empty_files_are_errors_naming_the_file() {
     let missing = f.path("missing");
     assert!(matches!(Binary::open(&missing), Err(Error::Io { .. })));
     assert!(BuildId::from_elf_file(&text).is_err());
+}
+
+#[test]
+fn compressed_debug_sections_read_the_same() {
+    let Some(f) = Fixture::new() else { return };
+    let compressed = f.build_with("prog-gz", 0, &["-gz=zlib"]);
+    let sections = run(Command::new("readelf").arg("-S").arg("-W").arg(&compressed));
+    let plain = Binary::open(&f.prog()).unwrap();
+    let packed = Binary::open(&compressed).unwrap();
+    let compute = symbol_address(&plain, "compute");
+    assert_eq!(symbol_address(&packed, "compute"), compute);
+    let frames = plain.frames(compute).unwrap();
+    assert!(!frames.is_empty());
+    assert_eq!(packed.frames(compute).unwrap(), frames);
+    let rows = |b: &Binary| b.line_rows(compute..compute + 64).unwrap();
+    assert_eq!(rows(&packed), rows(&plain));
+    // Only meaningful when the toolchain did compress (flag C on .debug_info).
+    if !sections
+        .lines()
+        .any(|l| l.contains(".debug_info") && l.contains(" C "))
+    {
+        eprintln!("note: gcc -gz left .debug_info uncompressed here");
+    }
 }
