@@ -542,3 +542,49 @@ fn compressed_debug_sections_read_the_same() {
         eprintln!("note: gcc -gz left .debug_info uncompressed here");
     }
 }
+
+#[test]
+fn kallsyms_copy_in_the_cache_is_found_without_elf_checks() {
+    let Some(f) = Fixture::new() else { return };
+    let id: BuildId = "00112233445566778899aabbccddeeff00112233".parse().unwrap();
+    let dir = f.path("cache/.build-id/00/112233445566778899aabbccddeeff00112233");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("kallsyms"), "ffffffff81000000 T _text\n").unwrap();
+    let search = SearchPaths::new().with_buildid_dir(f.path("cache"));
+    let found = search
+        .locate(Path::new("[kernel.kallsyms]"), Some(&id))
+        .unwrap();
+    assert_eq!(found.path, dir.join("kallsyms"));
+    // Loading it as a binary is a clear error, not a panic.
+    let err = BinaryCache::new(search)
+        .get(Path::new("[kernel.kallsyms]"), Some(&id))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotElf { .. }), "{err:?}");
+}
+
+#[test]
+fn one_binary_answers_queries_from_several_threads() {
+    let Some(f) = Fixture::new() else { return };
+    let bin = Arc::new(Binary::open(&f.prog()).unwrap());
+    let compute = bin
+        .symbols()
+        .iter()
+        .find(|s| s.name == "compute")
+        .unwrap()
+        .clone();
+    let expected = bin.line_rows(compute.address..compute.end()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for addr in compute.address..compute.end() {
+                    let frames = bin.frames(addr).unwrap();
+                    assert!(frames.last().unwrap().function.as_deref() == Some("compute"));
+                }
+                assert_eq!(
+                    bin.line_rows(compute.address..compute.end()).unwrap(),
+                    expected
+                );
+            });
+        }
+    });
+}
