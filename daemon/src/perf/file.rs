@@ -375,9 +375,12 @@ impl<'a> Recording<'a> {
                     None
                 };
                 attr = match id_at {
-                    Some(at) if at >= RecordHeader::SIZE => {
-                        bytes.u64(at, "sample id").ok().and_then(|id| self.attr_of_id(id))
-                    }
+                    Some(at) if at >= RecordHeader::SIZE => match bytes.u64(at, "sample id") {
+                        // Synthesized records have id 0; perf gives them the first event.
+                        Ok(0) => Some(0),
+                        Ok(id) => self.attr_of_id(id),
+                        Err(_) => None,
+                    },
                     // Without ids perf takes the first event.
                     _ => Some(0),
                 };
