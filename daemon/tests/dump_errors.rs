@@ -70,7 +70,10 @@ fn huge_attr_ids_do_not_allocate() {
     bytes[0xe8 + 120..0xe8 + 128].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     let (code, _, err) = dump(&bytes, "ids.data");
     assert_ne!(code, 0);
-    assert!(err.contains("ids.data") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("ids.data") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,5 +87,6 @@ fn truncated_mid_payload_prints_what_came_before() {
 }
 
 fn perf_support_skylake() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/skylake-echo/perf.data")
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/skylake-echo/perf.data")
 }

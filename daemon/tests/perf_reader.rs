@@ -12,7 +12,9 @@ fn counts_by_type(data: &PerfData) -> BTreeMap<&'static str, u64> {
     let recording = data.recording().unwrap();
     let mut counts = BTreeMap::new();
     for record in recording.records() {
-        *counts.entry(record.unwrap().type_name().unwrap()).or_insert(0) += 1;
+        *counts
+            .entry(record.unwrap().type_name().unwrap())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -41,7 +43,10 @@ fn skylake_header_and_attrs() {
     let nr = r.features.nr_cpus().unwrap().unwrap();
     assert_eq!((nr.online, nr.available), (4, 4));
     assert_eq!(
-        r.features.string(ptlens::perf::feature::CPUID).unwrap().as_deref(),
+        r.features
+            .string(ptlens::perf::feature::CPUID)
+            .unwrap()
+            .as_deref(),
         Some("GenuineIntel,6,78,3")
     );
     let pmus = r.features.pmu_mappings().unwrap();
@@ -96,7 +101,10 @@ fn skylake_auxtrace_info_and_time_conv() {
     };
     assert_eq!(info, Some(expected));
     let t = time_conv.unwrap();
-    assert_eq!((t.time_shift, t.time_mult, t.time_zero), (31, 1789569706, 18446744041015200657));
+    assert_eq!(
+        (t.time_shift, t.time_mult, t.time_zero),
+        (31, 1789569706, 18446744041015200657)
+    );
     assert_eq!(t.time_cycles, None); // the old 32-byte layout
 }
 
@@ -113,7 +121,10 @@ fn skylake_aux_queues() {
         .iter()
         .map(|q| (q.idx, q.cpu(), q.size(), q.buffers[0].auxtrace.data.len()))
         .collect();
-    assert_eq!(summary, [(0, Some(0), 12240, 12240), (3, Some(3), 137728, 137728)]);
+    assert_eq!(
+        summary,
+        [(0, Some(0), 12240, 12240), (3, Some(3), 137728, 137728)]
+    );
     let b = &queues.get(3).unwrap().buffers[0];
     assert_eq!((b.record_offset, b.auxtrace.data_offset), (0x7788, 0x77b8));
     assert_eq!(b.auxtrace.tid, 3174);
@@ -151,7 +162,12 @@ fn skylake_records() {
     assert_eq!(switch.source, Source::File(0));
     assert!(matches!(
         switch.body,
-        RecordBody::SwitchCpuWide { out: true, next_prev_pid: 3174, next_prev_tid: 3174, .. }
+        RecordBody::SwitchCpuWide {
+            out: true,
+            next_prev_pid: 3174,
+            next_prev_tid: 3174,
+            ..
+        }
     ));
     assert_eq!(switch.sample_id.cpu, Some(0));
     assert_eq!(switch.sample_id.time, Some(641256032286));
@@ -169,7 +185,10 @@ fn skylake_records() {
     let mmap = records.iter().find(|r| r.offset == 0x3a0).unwrap();
     match &mmap.body {
         RecordBody::Mmap(m) => {
-            assert_eq!((m.pid as i32, m.start, m.len), (-1, 0xffffffffb9600000, 0x6cf0000));
+            assert_eq!(
+                (m.pid as i32, m.start, m.len),
+                (-1, 0xffffffffb9600000, 0x6cf0000)
+            );
             assert_eq!(m.filename, b"[kernel.kallsyms]_text");
         }
         other => panic!("{other:?}"),
@@ -193,7 +212,11 @@ fn to_big_endian(le: &[u8]) -> Vec<u8> {
     let mut be = le.to_vec();
     be[0..8].reverse(); // the magic
     swap(&mut be, 8, &[8; 12]);
-    let (attrs_off, attrs_size, attr_size) = (u64_at(24) as usize, u64_at(32) as usize, u64_at(16) as usize);
+    let (attrs_off, attrs_size, attr_size) = (
+        u64_at(24) as usize,
+        u64_at(32) as usize,
+        u64_at(16) as usize,
+    );
     let mut sample_types = std::collections::HashMap::new();
     for entry in (attrs_off..attrs_off + attrs_size).step_by(attr_size) {
         let attr_sz = u32_at(entry + 4) as usize;
@@ -219,7 +242,10 @@ fn to_big_endian(le: &[u8]) -> Vec<u8> {
     let (data_off, data_size) = (u64_at(40) as usize, u64_at(48) as usize);
     let mut at = data_off;
     while at < data_off + data_size {
-        let (type_, size) = (u32_at(at), u16::from_le_bytes([le[at + 6], le[at + 7]]) as usize);
+        let (type_, size) = (
+            u32_at(at),
+            u16::from_le_bytes([le[at + 6], le[at + 7]]) as usize,
+        );
         swap(&mut be, at, &[4, 2, 2]);
         let body = at + 8;
         let mut payload = 0;
@@ -231,7 +257,14 @@ fn to_big_endian(le: &[u8]) -> Vec<u8> {
             11 => drop(swap(&mut be, body, &[8, 8, 8])),
             9 => drop(swap(&mut be, body, &[8, 8, 4, 4, 8, 8])), // cycles: IDENTIFIER IP TID TIME PERIOD
             68 => {}
-            70 => drop(swap(&mut be, body, &[4, 4].into_iter().chain(vec![8; (size - 16) / 8]).collect::<Vec<_>>())),
+            70 => drop(swap(
+                &mut be,
+                body,
+                &[4, 4]
+                    .into_iter()
+                    .chain(vec![8; (size - 16) / 8])
+                    .collect::<Vec<_>>(),
+            )),
             71 => {
                 payload = u64_at(body) as usize;
                 swap(&mut be, body, &[8, 8, 8, 4, 4, 4, 4]);
@@ -258,7 +291,9 @@ fn to_big_endian(le: &[u8]) -> Vec<u8> {
         at += size + payload;
     }
     // The feature table and the features the reader parses.
-    let features: Vec<usize> = (0..256).filter(|&f: &usize| u64_at(72 + 8 * (f / 64)) >> (f % 64) & 1 != 0).collect();
+    let features: Vec<usize> = (0..256)
+        .filter(|&f: &usize| u64_at(72 + 8 * (f / 64)) >> (f % 64) & 1 != 0)
+        .collect();
     for (i, f) in features.iter().enumerate() {
         let entry = data_off + data_size + 16 * i;
         let (off, size) = (u64_at(entry) as usize, u64_at(entry + 8) as usize);
@@ -295,9 +330,15 @@ fn big_endian_reads_the_same() {
             (y.type_, y.size, y.config, y.sample_type, y.flags, &y.ids)
         );
     }
-    assert_eq!(l.features.build_ids().unwrap(), b.features.build_ids().unwrap());
+    assert_eq!(
+        l.features.build_ids().unwrap(),
+        b.features.build_ids().unwrap()
+    );
     assert_eq!(l.features.nr_cpus().unwrap(), b.features.nr_cpus().unwrap());
-    assert_eq!(l.aux_queues().unwrap().queues.len(), b.aux_queues().unwrap().queues.len());
+    assert_eq!(
+        l.aux_queues().unwrap().queues.len(),
+        b.aux_queues().unwrap().queues.len()
+    );
     let (lq, bq) = (l.aux_queues().unwrap(), b.aux_queues().unwrap());
     for (x, y) in lq.queues.iter().zip(&bq.queues) {
         assert_eq!((x.idx, x.cpu(), x.size()), (y.idx, y.cpu(), y.size()));
@@ -306,11 +347,19 @@ fn big_endian_reads_the_same() {
     let mut n = 0;
     for (x, y) in l.records().zip(b.records()) {
         let (x, y) = (x.unwrap(), y.unwrap());
-        assert_eq!((x.offset, x.header, x.attr, x.sample_id), (y.offset, y.header, y.attr, y.sample_id));
+        assert_eq!(
+            (x.offset, x.header, x.attr, x.sample_id),
+            (y.offset, y.header, y.attr, y.sample_id)
+        );
         // Bodies borrow different bytes; their Debug forms show the decoded values.
         let strip = |s: String| s.replace("endian: Little", "").replace("endian: Big", "");
         if !matches!(x.body, RecordBody::AuxtraceInfo(_)) {
-            assert_eq!(strip(format!("{:?}", x.body)), strip(format!("{:?}", y.body)), "at {:#x}", x.offset);
+            assert_eq!(
+                strip(format!("{:?}", x.body)),
+                strip(format!("{:?}", y.body)),
+                "at {:#x}",
+                x.offset
+            );
         }
         n += 1;
     }
@@ -324,7 +373,11 @@ fn pipe_mode_file() {
     assert!(r.header.pipe);
     assert_eq!(r.attrs.len(), 1);
     assert!(!r.attrs[0].ids.is_empty());
-    assert!(r.features.string(ptlens::perf::feature::HOSTNAME).unwrap().is_some());
+    assert!(r
+        .features
+        .string(ptlens::perf::feature::HOSTNAME)
+        .unwrap()
+        .is_some());
     let counts = counts_by_type(&data);
     // `perf report -D -i pipe.data`
     assert_eq!(counts["HEADER_ATTR"], 1);

@@ -37,7 +37,11 @@ fn dump(file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
         if let RecordBody::Auxtrace(aux) = &record.body {
             if intel_pt {
                 writeln!(out, ".")?;
-                writeln!(out, ". ... Intel Processor Trace data: size {} bytes", aux.size)?;
+                writeln!(
+                    out,
+                    ". ... Intel Processor Trace data: size {} bytes",
+                    aux.size
+                )?;
                 ptlens::pt::dump::write_perf_dump(out, aux.data)?;
             }
         }
@@ -102,7 +106,11 @@ fn write_summary(r: &Recording<'_>, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     if let Some(n) = r.features.nr_cpus()? {
-        writeln!(out, "# nrcpus: online {} available {}", n.online, n.available)?;
+        writeln!(
+            out,
+            "# nrcpus: online {} available {}",
+            n.online, n.available
+        )?;
     }
     for (name, f) in [
         ("hostname", feature::HOSTNAME),
@@ -119,7 +127,10 @@ fn write_summary(r: &Recording<'_>, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let pmus = r.features.pmu_mappings()?;
     if !pmus.is_empty() {
-        let list: Vec<String> = pmus.iter().map(|p| format!("{} = {}", p.name, p.type_)).collect();
+        let list: Vec<String> = pmus
+            .iter()
+            .map(|p| format!("{} = {}", p.name, p.type_))
+            .collect();
         writeln!(out, "# pmu mappings: {}", list.join(", "))?;
     }
     if let Some(v) = r.features.dir_format()? {
@@ -205,12 +216,9 @@ fn write_record(r: &Recording<'_>, rec: &Record<'_>, out: &mut dyn Write) -> io:
             text(comm),
             tid(*pid, *t)
         )?,
-        RecordBody::Fork(t) | RecordBody::Exit(t) => write!(
-            out,
-            "({}):({})",
-            tid(t.pid, t.tid),
-            tid(t.ppid, t.ptid)
-        )?,
+        RecordBody::Fork(t) | RecordBody::Exit(t) => {
+            write!(out, "({}):({})", tid(t.pid, t.tid), tid(t.ppid, t.ptid))?
+        }
         RecordBody::Lost { id, lost } => write!(out, " id {id} lost {lost}")?,
         RecordBody::Sample(s) => {
             if let Some(ip) = s.ip {
@@ -227,8 +235,13 @@ fn write_record(r: &Recording<'_>, rec: &Record<'_>, out: &mut dyn Write) -> io:
             aux_offset,
             aux_size,
             flags,
-        } => write!(out, " offset: {aux_offset:#x} size: {aux_size:#x} flags: {flags:#x}")?,
-        RecordBody::ItraceStart { pid, tid: t } => write!(out, " pid: {} tid: {}", *pid as i32, *t as i32)?,
+        } => write!(
+            out,
+            " offset: {aux_offset:#x} size: {aux_size:#x} flags: {flags:#x}"
+        )?,
+        RecordBody::ItraceStart { pid, tid: t } => {
+            write!(out, " pid: {} tid: {}", *pid as i32, *t as i32)?
+        }
         RecordBody::Switch { out: o, preempt } => write!(
             out,
             " {}{}",
@@ -251,7 +264,11 @@ fn write_record(r: &Recording<'_>, rec: &Record<'_>, out: &mut dyn Write) -> io:
         RecordBody::IdIndex(index) => {
             write!(out, " nr: {}", index.nr)?;
             for e in index.entries() {
-                write!(out, "\n ... id: {}  idx: {}  cpu: {}  tid: {}", e.id, e.idx, e.cpu, e.tid)?;
+                write!(
+                    out,
+                    "\n ... id: {}  idx: {}  cpu: {}  tid: {}",
+                    e.id, e.idx, e.cpu, e.tid
+                )?;
                 if let (Some(m), Some(v)) = (e.machine_pid, e.vcpu) {
                     write!(out, "  machine_pid: {m}  vcpu: {v}")?;
                 }

@@ -63,7 +63,10 @@ impl<'a> Bytes<'a> {
     }
 
     fn array<const N: usize>(&self, at: usize, what: &'static str) -> Result<[u8; N]> {
-        Ok(self.slice(at, N, what)?.try_into().expect("slice has length N"))
+        Ok(self
+            .slice(at, N, what)?
+            .try_into()
+            .expect("slice has length N"))
     }
 
     pub fn u8(&self, at: usize, what: &'static str) -> Result<u8> {

@@ -50,12 +50,7 @@ impl Section {
         let (start, len) = (usize::try_from(self.offset), usize::try_from(self.size));
         match (start, len) {
             (Ok(start), Ok(len)) if start <= file.len() => file.sub(start, len, what),
-            _ => Err(Error::truncated(
-                self.offset,
-                what,
-                self.size,
-                0,
-            )),
+            _ => Err(Error::truncated(self.offset, what, self.size, 0)),
         }
     }
 }
@@ -109,7 +104,11 @@ impl FileHeader {
             });
         }
         if size < FILE_HEADER_SIZE {
-            return Err(Error::invalid(8, "file header", format!("header size {size} < 104")));
+            return Err(Error::invalid(
+                8,
+                "file header",
+                format!("header size {size} < 104"),
+            ));
         }
         b.slice(0, FILE_HEADER_SIZE as usize, "file header")?;
         let mut features = [0; 4];
@@ -193,7 +192,11 @@ impl<'a> Features<'a> {
                 let header = RecordHeader::parse(&b)?;
                 let size = header.size as usize;
                 if size < RecordHeader::SIZE {
-                    return Err(Error::invalid(b.offset, "build id entry", format!("size {size}")));
+                    return Err(Error::invalid(
+                        b.offset,
+                        "build id entry",
+                        format!("size {size}"),
+                    ));
                 }
                 out.push(BuildId::parse(b.sub(0, size, "build id entry")?)?);
                 b = b.tail(size);

@@ -192,7 +192,11 @@ impl<'a> Recording<'a> {
             // Clip the data section to the file: the record walk reports where it was cut.
             let start = (header.data.offset as usize).min(main.len());
             if start < FILE_HEADER_SIZE as usize && header.data.size > 0 {
-                return Err(Error::invalid(40, "file header", "data section overlaps the header"));
+                return Err(Error::invalid(
+                    40,
+                    "file header",
+                    "data section overlaps the header",
+                ));
             }
             let len = header.data.size.min((main.len() - start) as u64) as usize;
             streams.push(Cursor {
@@ -215,10 +219,13 @@ impl<'a> Recording<'a> {
         let mut compressed: Vec<Vec<&'a [u8]>> = vec![Vec::new(); data.files.len()];
         for raw in RawRecords::new(streams.clone()) {
             let Ok(raw) = raw else { break };
-            let Source::File(i) = raw.source else { continue };
+            let Source::File(i) = raw.source else {
+                continue;
+            };
             match raw.header.type_ {
                 record_type::COMPRESSED => compressed[i].push(raw.raw.tail(8).data),
-                record_type::HEADER_ATTR | record_type::HEADER_FEATURE
+                record_type::HEADER_ATTR
+                | record_type::HEADER_FEATURE
                 | record_type::HEADER_BUILD_ID
                     if header.pipe =>
                 {
@@ -245,8 +252,9 @@ impl<'a> Recording<'a> {
             for (i, parts) in compressed.iter().enumerate() {
                 if !parts.is_empty() && out[i].is_empty() {
                     if let Err(e) = decompress(parts) {
-                        return Err(Error::new(0, ErrorKind::Decompress(e))
-                            .in_file(&data.files[i].path));
+                        return Err(
+                            Error::new(0, ErrorKind::Decompress(e)).in_file(&data.files[i].path)
+                        );
                     }
                 }
             }
@@ -303,7 +311,9 @@ impl<'a> Recording<'a> {
         let mut queues = AuxQueues::default();
         let path = &self.data.files[0].path;
         let index = if self.data.files.len() == 1 && !self.header.pipe {
-            self.features.auxtrace_index().map_err(|e| e.in_file(path))?
+            self.features
+                .auxtrace_index()
+                .map_err(|e| e.in_file(path))?
         } else {
             None
         };
@@ -319,7 +329,12 @@ impl<'a> Recording<'a> {
                 let raw = RawRecords::new(vec![cursor])
                     .next()
                     .unwrap_or_else(|| {
-                        Err(Error::truncated(entry.file_offset, "AUXTRACE record", 48, 0))
+                        Err(Error::truncated(
+                            entry.file_offset,
+                            "AUXTRACE record",
+                            48,
+                            0,
+                        ))
                     })
                     .map_err(|e| e.in_file(path))?;
                 queues.push(raw.into_auxtrace().map_err(|e| e.in_file(path))?);
@@ -418,7 +433,10 @@ fn parse_attrs<'a>(header: &FileHeader, file: &Bytes<'a>) -> Result<Vec<EventAtt
         return Err(Error::invalid(
             16,
             "file header",
-            format!("attr size {entry_size} does not divide attrs section of {} bytes", header.attrs.size),
+            format!(
+                "attr size {entry_size} does not divide attrs section of {} bytes",
+                header.attrs.size
+            ),
         ));
     }
     let section = header.attrs.bytes(file, "attrs section")?;
@@ -435,7 +453,10 @@ fn parse_attrs<'a>(header: &FileHeader, file: &Bytes<'a>) -> Result<Vec<EventAtt
         let ids = (0..ids.len() / 8)
             .map(|k| ids.u64(8 * k, "attr ids"))
             .collect::<Result<_>>()?;
-        attrs.push(EventAttr::parse(entry.sub(0, entry_size - 16, "attr")?, ids)?);
+        attrs.push(EventAttr::parse(
+            entry.sub(0, entry_size - 16, "attr")?,
+            ids,
+        )?);
     }
     Ok(attrs)
 }
@@ -527,7 +548,11 @@ impl<'a> RawRecords<'a> {
             }
             let rest = cur.bytes.tail(cur.pos);
             return Some(Self::read(rest).map(|(raw, consumed, error)| {
-                cur.pos = if error.is_some() { usize::MAX } else { cur.pos + consumed };
+                cur.pos = if error.is_some() {
+                    usize::MAX
+                } else {
+                    cur.pos + consumed
+                };
                 self.error = error;
                 RawRecord {
                     source: cur.source,
@@ -544,7 +569,11 @@ impl<'a> RawRecords<'a> {
         let what = record_type::name(header.type_).unwrap_or("record");
         let size = header.size as usize;
         if size < RecordHeader::SIZE {
-            return Err(Error::invalid(rest.offset, what, format!("record size {size} < 8")));
+            return Err(Error::invalid(
+                rest.offset,
+                what,
+                format!("record size {size} < 8"),
+            ));
         }
         let raw = rest.sub(0, size, what)?;
         let payload_len = match header.type_ {
@@ -558,7 +587,11 @@ impl<'a> RawRecords<'a> {
         let error = if (held as u64) < payload_len {
             Some(Error::truncated(
                 payload.offset,
-                if header.type_ == record_type::AUXTRACE { "AUXTRACE payload" } else { what },
+                if header.type_ == record_type::AUXTRACE {
+                    "AUXTRACE payload"
+                } else {
+                    what
+                },
                 payload_len,
                 held as u64,
             ))

@@ -712,8 +712,16 @@ pub(crate) fn parse_body<'a>(
                 time_zero: u64_(24)?,
                 time_cycles: new.then(|| r.opt_u64(32)).flatten(),
                 time_mask: new.then(|| r.opt_u64(40)).flatten(),
-                cap_user_time_zero: if new { Some(r.u8(48, what)? != 0) } else { None },
-                cap_user_time_short: if new { Some(r.u8(49, what)? != 0) } else { None },
+                cap_user_time_zero: if new {
+                    Some(r.u8(48, what)? != 0)
+                } else {
+                    None
+                },
+                cap_user_time_short: if new {
+                    Some(r.u8(49, what)? != 0)
+                } else {
+                    None
+                },
             })
         }
         HEADER_ATTR => {
@@ -731,7 +739,9 @@ pub(crate) fn parse_body<'a>(
         },
         HEADER_BUILD_ID => RecordBody::HeaderBuildId(BuildId::parse(*r)?),
         HEADER_TRACING_DATA => RecordBody::HeaderTracingData { size: u32_(8)? },
-        COMPRESSED => RecordBody::Compressed { data: r.tail(8).data },
+        COMPRESSED => RecordBody::Compressed {
+            data: r.tail(8).data,
+        },
         SAMPLE => RecordBody::Sample(Sample::default()), // filled in with its attr by the caller
         _ => RecordBody::Other,
     })
