@@ -1,5 +1,132 @@
 //! `ptlens-synth`: turns real executions into Intel PT perf.data recordings.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use ptlens_synth::{check, encode, recording, trace};
+
+/// Runs a program under ptrace and writes the Intel PT recording (perf.data and a build-id cache) that
+/// `perf record -e intel_pt//u` on Intel PT hardware would have made of it.
+///
+/// Decode the result with: perf --buildid-dir DIR script -i DIR/perf.data --itrace=i1i
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record PROGRAM ARGS... into DIR (perf.data, .build-id/, ground-truth.txt).
+    Record {
+        /// Output directory.
+        #[arg(long, default_value = "ptlens-synth.out")]
+        out: PathBuf,
+        /// Schedule threads on this many virtual CPUs (per-CPU recording). Not supported yet.
+        #[arg(long)]
+        per_cpu: Option<u32>,
+        /// Turn return compression off (perf's `noretcomp`).
+        #[arg(long)]
+        no_retcomp: bool,
+        /// Bytes of trace between PSB packets.
+        #[arg(long, default_value_t = 4096)]
+        psb_period: usize,
+        /// Most TNT outcomes per packet (6: short TNTs only; up to 47).
+        #[arg(long, default_value_t = 47)]
+        tnt_capacity: u8,
+        /// Make perf decode without timestamps (cap_user_time_zero 0).
+        #[arg(long)]
+        timeless: bool,
+        /// Keep address-space randomisation (off by default, for reproducible recordings).
+        #[arg(long)]
+        aslr: bool,
+        /// Give up after this many instructions.
+        #[arg(long, default_value_t = 20_000_000)]
+        max_insns: u64,
+        /// Testing aid: invert the Nth TNT outcome so the trace no longer matches the program.
+        #[arg(long, hide = true)]
+        corrupt_tnt: Option<u64>,
+        /// Check the recording with perf afterwards.
+        #[arg(long)]
+        check: bool,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        program: Vec<String>,
+    },
+    /// Decode DIR with perf and compare with its ground truth.
+    Check {
+        /// A directory written by `record`.
+        dir: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("ptlens-synth: not built yet")
+    match Cli::parse().command {
+        Command::Record {
+            out,
+            per_cpu,
+            no_retcomp,
+            psb_period,
+            tnt_capacity,
+            timeless,
+            aslr,
+            max_insns,
+            corrupt_tnt,
+            check,
+            program,
+        } => {
+            if per_cpu.is_some() {
+                anyhow::bail!(
+                    "--per-cpu is not supported yet: only single-threaded programs are recorded"
+                );
+            }
+            let opts = recording::Options {
+                trace: trace::Options { aslr, max_insns },
+                encode: encode::Config {
+                    psb_period,
+                    return_compression: !no_retcomp,
+                    tnt_capacity,
+                    flip_tnt: corrupt_tnt,
+                    ..encode::Config::default()
+                },
+                timeless,
+            };
+            let (prog, args) = program.split_first().context("no program given")?;
+            let rec = recording::record(prog, args, &out, &opts)
+                .with_context(|| format!("recording {prog}"))?;
+            let s = &rec.encoded.stats;
+            eprintln!(
+                "{}: {} instructions, exit code {}; {} bytes of trace ({} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD); {} binaries in the build-id cache",
+                rec.perf_data.display(),
+                rec.execution.instruction_ips().count(),
+                rec.execution.exit_code,
+                rec.encoded.bytes.len(),
+                s.psbs,
+                s.tnt_short,
+                s.tnt_long,
+                s.tips,
+                s.compressed_returns,
+                s.pge,
+                s.pgd,
+                rec.binaries.len()
+            );
+            if check {
+                run_check(&out)?;
+            }
+        }
+        Command::Check { dir } => run_check(&dir)?,
+    }
+    Ok(())
+}
+
+fn run_check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let verdict = check::check(dir).context("checking with perf")?;
+    if !verdict.is_exact() {
+        anyhow::bail!("perf disagrees: {verdict}");
+    }
+    eprintln!("perf agrees: {verdict}");
+    Ok(())
 }

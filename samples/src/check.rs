@@ -1,0 +1,164 @@
+//! Real perf as the judge: decode a recording directory with `perf --buildid-dir DIR script` and compare
+//! its instruction flow with the ground truth.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::recording::{GROUND_TRUTH, PERF_DATA};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot run perf: {0}")]
+    Spawn(std::io::Error),
+    #[error("perf script failed ({status}): {stderr}")]
+    Perf { status: String, stderr: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unexpected perf script line: {0}")]
+    Parse(String),
+}
+
+/// Whether `perf` can be run.
+pub fn perf_available() -> bool {
+    Command::new("perf")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Runs `perf --buildid-dir DIR script -i DIR/perf.data ARGS` and returns its standard output.
+pub fn perf_script(dir: &Path, args: &[&str]) -> Result<String, CheckError> {
+    let out = Command::new("perf")
+        .arg("--buildid-dir")
+        .arg(dir)
+        .arg("script")
+        .arg("-i")
+        .arg(dir.join(PERF_DATA))
+        .args(args)
+        .output()
+        .map_err(CheckError::Spawn)?;
+    if !out.status.success() {
+        return Err(CheckError::Perf {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// perf's instruction flow: (tid, ip) for every instruction (`--itrace=i1i -F tid,ip`).
+pub fn perf_instructions(dir: &Path) -> Result<Vec<Executed>, CheckError> {
+    let text = perf_script(dir, &["--itrace=i1i", "-F", "tid,ip"])?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let tid = f.next().and_then(|t| t.parse().ok());
+            let ip = f.next().and_then(|t| u64::from_str_radix(t, 16).ok());
+            match (tid, ip) {
+                (Some(t), Some(ip)) => Ok((t, ip)),
+                _ => Err(CheckError::Parse(l.to_string())),
+            }
+        })
+        .collect()
+}
+
+/// perf's decoder errors (`--itrace=e`), one line each.
+pub fn perf_errors(dir: &Path) -> Result<Vec<String>, CheckError> {
+    let text = perf_script(dir, &["--itrace=e"])?;
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("error"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// One executed instruction: (thread id, instruction pointer).
+pub type Executed = (u32, u64);
+
+/// Where perf's flow first departs from the ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Difference {
+    pub index: usize,
+    pub expected: Option<Executed>,
+    pub decoded: Option<Executed>,
+}
+
+/// How perf's decoding compares with the ground truth.
+#[derive(Debug)]
+pub struct Verdict {
+    pub truth: usize,
+    pub decoded: usize,
+    pub errors: Vec<String>,
+    pub first_difference: Option<Difference>,
+}
+
+impl Verdict {
+    pub fn is_exact(&self) -> bool {
+        self.errors.is_empty() && self.first_difference.is_none()
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ground truth {} instructions, perf decoded {}, {} decoder errors",
+            self.truth,
+            self.decoded,
+            self.errors.len()
+        )?;
+        if let Some(d) = &self.first_difference {
+            let show = |x: &Option<Executed>| match x {
+                Some((t, ip)) => format!("{t} {ip:#x}"),
+                None => "nothing".into(),
+            };
+            write!(
+                f,
+                "; first difference at instruction {}: expected {}, perf has {}",
+                d.index,
+                show(&d.expected),
+                show(&d.decoded)
+            )?;
+        }
+        for e in self.errors.iter().take(5) {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares perf's decoding of `dir` with the ground truth written beside it.
+pub fn check(dir: &Path) -> Result<Verdict, CheckError> {
+    let truth_path = dir.join(GROUND_TRUTH);
+    let truth =
+        crate::recording::read_ground_truth(&truth_path).map_err(|source| CheckError::Io {
+            path: truth_path,
+            source,
+        })?;
+    compare(dir, &truth)
+}
+
+/// Compares perf's decoding of `dir` with `truth`.
+pub fn compare(dir: &Path, truth: &[Executed]) -> Result<Verdict, CheckError> {
+    let decoded = perf_instructions(dir)?;
+    let errors = perf_errors(dir)?;
+    let first_difference = (0..truth.len().max(decoded.len()))
+        .find(|&i| truth.get(i) != decoded.get(i))
+        .map(|index| Difference {
+            index,
+            expected: truth.get(index).copied(),
+            decoded: decoded.get(index).copied(),
+        });
+    Ok(Verdict {
+        truth: truth.len(),
+        decoded: decoded.len(),
+        errors,
+        first_difference,
+    })
+}

@@ -1,0 +1,401 @@
+//! Intel PT packets for an observed execution, written as the hardware would write them for
+//! `perf record -e intel_pt//u` (Intel SDM Vol. 3, "Intel Processor Trace": packet formats, IP
+//! compression, return compression, PSB+).
+//!
+//! A model clock gives time: each instruction takes one TSC tick, a trip through the kernel (syscall or
+//! signal) a fixed number more. TSC packets carry the clock in every PSB+ and whenever tracing resumes.
+
+use std::collections::VecDeque;
+
+use crate::insn::Kind;
+use crate::trace::Event;
+
+/// How the trace is written.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A PSB+ goes out at the first packet boundary at least this many bytes after the previous PSB.
+    pub psb_period: usize,
+    /// Return compression (perf's default; `noretcomp` turns it off).
+    pub return_compression: bool,
+    /// The clock at the first packet.
+    pub tsc_start: u64,
+    /// Ticks a syscall or signal spends in the kernel.
+    pub kernel_ticks: u64,
+    /// Core-to-bus ratio reported in CBR packets.
+    pub cbr: u8,
+    /// Most outcomes held before a TNT packet is written (6 gives short TNTs only; at most 47).
+    pub tnt_capacity: u8,
+    /// For tests: invert this TNT outcome (counted from 0), so the trace no longer matches the program.
+    pub flip_tnt: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            psb_period: 4096,
+            return_compression: true,
+            tsc_start: 0x1_0000_0000,
+            kernel_ticks: 500,
+            cbr: 0x20,
+            tnt_capacity: 47,
+            flip_tnt: None,
+        }
+    }
+}
+
+/// The trace and the times the sideband needs.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    /// For each event index that is an [`Event::Map`], the clock there: at or before the TSC packet that
+    /// precedes any instruction run in that mapping.
+    pub map_times: Vec<(usize, u64)>,
+    /// The clock at the first packet and at the end.
+    pub start_tsc: u64,
+    pub end_tsc: u64,
+    /// Packet counts, for reports and tests.
+    pub stats: Stats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub psbs: u64,
+    pub tnt_short: u64,
+    pub tnt_long: u64,
+    pub tips: u64,
+    pub compressed_returns: u64,
+    pub pge: u64,
+    pub pgd: u64,
+    pub fups: u64,
+}
+
+const RETURN_STACK_DEPTH: usize = 64;
+
+/// Writes the packets for `events` (one thread's whole execution).
+pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
+    let mut enc = Encoder::new(cfg);
+    let mut map_times = Vec::new();
+    enc.psb_plus(None);
+    for (i, event) in events.iter().enumerate() {
+        match event {
+            Event::Map(_) => map_times.push((i, enc.clock)),
+            Event::Interrupt { at } => enc.interrupt(*at),
+            Event::Insn { ip, insn } => {
+                let next = events[i + 1..].iter().find_map(|e| match e {
+                    Event::Insn { ip, .. } => Some(*ip),
+                    Event::Interrupt { at } => Some(*at),
+                    Event::Map(_) => None,
+                });
+                enc.instruction(*ip, insn.len, insn.kind, next);
+            }
+        }
+    }
+    enc.flush_tnt();
+    Encoded {
+        start_tsc: cfg.tsc_start,
+        end_tsc: enc.clock,
+        bytes: enc.out,
+        map_times,
+        stats: enc.stats,
+    }
+}
+
+struct Encoder<'a> {
+    cfg: &'a Config,
+    out: Vec<u8>,
+    /// The IP-compression reference: the last IP sent in a TIP/FUP-family packet; 0 after a PSB.
+    last_ip: u64,
+    /// Pending TNT outcomes, oldest in the highest of the low `tnt_count` bits.
+    tnt_bits: u64,
+    tnt_count: u8,
+    tnt_seen: u64,
+    /// Return addresses of the calls since the last PSB, at most 64 (the oldest is dropped).
+    returns: VecDeque<u64>,
+    /// PacketEn: user code is running and being traced.
+    enabled: bool,
+    clock: u64,
+    last_psb: usize,
+    stats: Stats,
+}
+
+impl<'a> Encoder<'a> {
+    fn new(cfg: &'a Config) -> Self {
+        Encoder {
+            cfg,
+            out: Vec::new(),
+            last_ip: 0,
+            tnt_bits: 0,
+            tnt_count: 0,
+            tnt_seen: 0,
+            returns: VecDeque::new(),
+            enabled: false,
+            clock: cfg.tsc_start,
+            last_psb: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    fn instruction(&mut self, ip: u64, len: u8, kind: Kind, next: Option<u64>) {
+        if !self.enabled {
+            self.mode_exec();
+            self.tsc();
+            self.ip_packet(TIP_PGE, ip);
+            self.stats.pge += 1;
+            self.enabled = true;
+        }
+        self.clock += 1;
+        let fallthrough = ip + u64::from(len);
+        if kind.pushes_return() {
+            if self.returns.len() == RETURN_STACK_DEPTH {
+                self.returns.pop_front();
+            }
+            self.returns.push_back(fallthrough);
+        }
+        let Some(next) = next else {
+            // The last instruction of the run: only the exit syscall can end a process.
+            if matches!(kind, Kind::Syscall | Kind::Far) {
+                self.leave();
+            }
+            return;
+        };
+        match kind {
+            Kind::Other | Kind::DirectJump | Kind::DirectCall { .. } => {}
+            Kind::Conditional => self.tnt(next != fallthrough),
+            Kind::IndirectJump | Kind::IndirectCall => self.tip(next),
+            Kind::Return => {
+                // perf's decoder pops on every return, compressed or not; so does this stack.
+                let expected = self.returns.pop_back();
+                if self.cfg.return_compression && expected == Some(next) {
+                    self.stats.compressed_returns += 1;
+                    self.tnt(true);
+                } else {
+                    self.tip(next);
+                }
+            }
+            Kind::Syscall | Kind::Far => {
+                self.leave();
+                return;
+            }
+        }
+        if self.out.len() - self.last_psb >= self.cfg.psb_period {
+            self.psb_plus(Some(next));
+        }
+    }
+
+    /// An asynchronous event (signal delivery) before the instruction at `at`.
+    fn interrupt(&mut self, at: u64) {
+        if !self.enabled {
+            // Already in the kernel (a signal delivered on the way out of a syscall).
+            return;
+        }
+        self.flush_tnt();
+        self.ip_packet(FUP, at);
+        self.stats.fups += 1;
+        self.leave();
+    }
+
+    /// Tracing stops as the CPU enters the kernel: TIP.PGD without an IP.
+    fn leave(&mut self) {
+        self.flush_tnt();
+        self.out.push(TIP_PGD);
+        self.stats.pgd += 1;
+        self.enabled = false;
+        self.clock += self.cfg.kernel_ticks;
+    }
+
+    fn tnt(&mut self, taken: bool) {
+        let flip = self.cfg.flip_tnt == Some(self.tnt_seen);
+        self.tnt_seen += 1;
+        self.tnt_bits = (self.tnt_bits << 1) | u64::from(taken != flip);
+        self.tnt_count += 1;
+        if self.tnt_count >= self.cfg.tnt_capacity.clamp(1, 47) {
+            self.flush_tnt();
+        }
+    }
+
+    fn flush_tnt(&mut self) {
+        let n = self.tnt_count;
+        if n == 0 {
+            return;
+        }
+        let payload = (1u64 << n) | self.tnt_bits;
+        if n <= 6 {
+            self.out.push((payload << 1) as u8);
+            self.stats.tnt_short += 1;
+        } else {
+            self.out.extend_from_slice(&[0x02, 0xa3]);
+            self.out.extend_from_slice(&payload.to_le_bytes()[..6]);
+            self.stats.tnt_long += 1;
+        }
+        self.tnt_bits = 0;
+        self.tnt_count = 0;
+    }
+
+    fn tip(&mut self, ip: u64) {
+        self.flush_tnt();
+        self.ip_packet(TIP, ip);
+        self.stats.tips += 1;
+    }
+
+    /// A TIP-family packet with the IP compressed against the last IP, the shortest way.
+    fn ip_packet(&mut self, opcode: u8, ip: u64) {
+        let last = self.last_ip;
+        let sign_extended_48 = ((ip << 16) as i64 >> 16) as u64 == ip;
+        let (ip_bytes, len) = if ip >> 16 == last >> 16 {
+            (1, 2)
+        } else if ip >> 32 == last >> 32 {
+            (2, 4)
+        } else if sign_extended_48 {
+            (3, 6)
+        } else if ip >> 48 == last >> 48 {
+            (4, 6)
+        } else {
+            (6, 8)
+        };
+        self.out.push((ip_bytes << 5) | opcode);
+        self.out.extend_from_slice(&ip.to_le_bytes()[..len]);
+        self.last_ip = ip;
+    }
+
+    fn mode_exec(&mut self) {
+        // Leaf 0 (Exec), CS.L = 1: 64-bit code.
+        self.out.extend_from_slice(&[0x99, 0x01]);
+    }
+
+    fn tsc(&mut self) {
+        self.out.push(0x19);
+        self.out.extend_from_slice(&self.clock.to_le_bytes()[..7]);
+    }
+
+    /// PSB+: the full state a decoder needs to start here. `at` is the next instruction when tracing is
+    /// on (MODE.Exec and FUP are only sent then).
+    fn psb_plus(&mut self, at: Option<u64>) {
+        self.flush_tnt();
+        self.last_psb = self.out.len();
+        for _ in 0..8 {
+            self.out.extend_from_slice(&[0x02, 0x82]);
+        }
+        self.last_ip = 0;
+        self.returns.clear();
+        if let Some(ip) = at.filter(|_| self.enabled) {
+            self.mode_exec();
+            self.ip_packet(FUP, ip);
+        }
+        self.tsc();
+        self.out
+            .extend_from_slice(&[0x02, 0x03, self.cfg.cbr, 0x00]);
+        self.out.extend_from_slice(&[0x02, 0x23]);
+        self.stats.psbs += 1;
+    }
+}
+
+const TIP: u8 = 0x0d;
+const TIP_PGE: u8 = 0x11;
+const TIP_PGD: u8 = 0x01;
+const FUP: u8 = 0x1d;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::insn::Insn;
+
+    fn insn(ip: u64, len: u8, kind: Kind) -> Event {
+        Event::Insn {
+            ip,
+            insn: Insn {
+                len,
+                kind,
+                rep_string: false,
+            },
+        }
+    }
+
+    fn cfg() -> Config {
+        Config {
+            tsc_start: 0x10,
+            psb_period: 1 << 20,
+            ..Config::default()
+        }
+    }
+
+    const PSB_PLUS: [u8; 30] = [
+        0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02,
+        0x82, 0x19, 0x10, 0, 0, 0, 0, 0, 0, // TSC
+        0x02, 0x03, 0x20, 0x00, // CBR
+        0x02, 0x23, // PSBEND
+    ];
+
+    #[test]
+    fn start_branches_and_syscall() {
+        let events = vec![
+            insn(0x40_1000, 2, Kind::Conditional), // taken to 0x401010
+            insn(0x40_1010, 2, Kind::Conditional), // not taken
+            insn(
+                0x40_1012,
+                5,
+                Kind::DirectCall {
+                    zero_displacement: false,
+                },
+            ),
+            insn(0x40_2000, 1, Kind::Return), // compressed: back to 0x401017
+            insn(0x40_1017, 2, Kind::IndirectJump),
+            insn(0x40_3000, 2, Kind::Syscall),
+            insn(0x40_3002, 2, Kind::Syscall), // exit
+        ];
+        let e = encode(&events, &cfg());
+        let mut want = PSB_PLUS.to_vec();
+        want.extend_from_slice(&[0x99, 0x01, 0x19, 0x10, 0, 0, 0, 0, 0, 0]); // MODE.Exec, TSC
+        want.extend_from_slice(&[0x51, 0x00, 0x10, 0x40, 0x00]); // TIP.PGE 4 bytes vs last IP 0
+        want.push(0b0001_1010); // TNT T N T
+        want.extend_from_slice(&[0x2d, 0x00, 0x30]); // TIP 2 bytes
+        want.push(0x01); // TIP.PGD
+        let t = 0x10 + 6 + 500;
+        want.extend_from_slice(&[0x99, 0x01, 0x19, t as u8, (t >> 8) as u8, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[0x31, 0x02, 0x30]); // TIP.PGE 2 bytes
+        want.push(0x01);
+        assert_eq!(e.bytes, want);
+        assert_eq!(e.stats.compressed_returns, 1);
+    }
+
+    #[test]
+    fn long_tnt_and_ip_widths() {
+        let mut events: Vec<Event> = (0..50)
+            .map(|i| insn(0x1000 + 2 * i, 2, Kind::Conditional))
+            .collect();
+        events.push(insn(0x1000 + 100, 2, Kind::IndirectJump));
+        events.push(insn(0x7fff_f7fc_5000, 2, Kind::IndirectJump));
+        events.push(insn(0xffff_8000_0000_0000, 2, Kind::Syscall));
+        let e = encode(&events, &cfg());
+        let tail = &e.bytes[PSB_PLUS.len() + 10 + 3..];
+        // 47 not-taken outcomes: stop bit 47 of the 48-bit payload.
+        assert_eq!(&tail[..8], &[0x02, 0xa3, 0, 0, 0, 0, 0, 0x80]);
+        // 3 more, then a short TNT before the TIP.
+        assert_eq!(tail[8], 0b0001_0000);
+        // Sign-extended 6-byte IPs: user space, then the upper half.
+        assert_eq!(&tail[9..16], &[0x6d, 0x00, 0x50, 0xfc, 0xf7, 0xff, 0x7f]);
+        assert_eq!(&tail[16..23], &[0x6d, 0, 0, 0, 0, 0, 0x80]);
+        assert_eq!(e.stats.tnt_long, 1);
+        assert_eq!(e.stats.tnt_short, 1);
+    }
+
+    #[test]
+    fn uncompressed_return_after_psb() {
+        let mut c = cfg();
+        c.psb_period = 1;
+        let events = vec![
+            insn(
+                0x1000,
+                5,
+                Kind::DirectCall {
+                    zero_displacement: false,
+                },
+            ),
+            insn(0x2000, 1, Kind::Return),
+            insn(0x1005, 2, Kind::Syscall),
+        ];
+        let e = encode(&events, &c);
+        assert_eq!(e.stats.compressed_returns, 0);
+        assert_eq!(e.stats.tips, 1);
+        assert_eq!(e.stats.psbs, 3);
+    }
+}

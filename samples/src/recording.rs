@@ -1,0 +1,292 @@
+//! A recording directory: `perf.data`, the build-id cache (`.build-id/`) of every binary the trace
+//! touches, and `ground-truth.txt` (one line per executed instruction: `TID IP`, the TID in decimal, the IP in hex, as `perf script -F tid,ip`
+//! prints them), made from one
+//! traced execution.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::buildid::{self, BuildIdError};
+use crate::encode::{self, Encoded};
+use crate::perfdata::{attr_flag, misc, sample, Attr, BuildIdEntry, PerfData, SampleId};
+use crate::trace::{self, Event, Execution, TraceError};
+
+/// What to record and how.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub trace: trace::Options,
+    pub encode: encode::Config,
+    /// Write no timestamps perf can use (cap_user_time_zero 0): perf then decodes timelessly.
+    pub timeless: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error(transparent)]
+    BuildId(#[from] BuildIdError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct Recording {
+    pub dir: PathBuf,
+    pub perf_data: PathBuf,
+    pub execution: Execution,
+    pub encoded: Encoded,
+    /// Binaries put into the build-id cache: (path as perf names it, build-id hex).
+    pub binaries: Vec<(String, String)>,
+}
+
+/// The file names inside a recording directory.
+pub const PERF_DATA: &str = "perf.data";
+pub const GROUND_TRUTH: &str = "ground-truth.txt";
+
+/// The type of the `intel_pt` PMU here, or 8, a value it commonly has.
+pub fn intel_pt_pmu_type() -> u32 {
+    std::fs::read_to_string("/sys/bus/event_source/devices/intel_pt/type")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(8)
+}
+
+/// The perf-time clock: perf time = time_zero + tsc · mult >> shift (a 2.4 GHz TSC).
+#[derive(Clone, Copy, Debug)]
+pub struct TimeConv {
+    pub shift: u64,
+    pub mult: u64,
+    pub zero: u64,
+}
+
+impl TimeConv {
+    pub const DEFAULT: TimeConv = TimeConv {
+        shift: 31,
+        mult: 894_784_853,
+        zero: 0,
+    };
+
+    /// As perf's `tsc_to_perf_time`, so that a record stamped with this is at the TSC packet's time.
+    pub fn perf_time(&self, tsc: u64) -> u64 {
+        let quot = tsc >> self.shift;
+        let rem = tsc & ((1u64 << self.shift) - 1);
+        self.zero
+            .wrapping_add(quot.wrapping_mul(self.mult))
+            .wrapping_add((rem * self.mult) >> self.shift)
+    }
+}
+
+/// Runs `program` and writes its recording into `dir`.
+pub fn record(
+    program: &str,
+    args: &[String],
+    dir: &Path,
+    opts: &Options,
+) -> Result<Recording, RecordError> {
+    let execution = trace::run(program, args, &opts.trace)?;
+    write(execution, dir, opts)
+}
+
+/// Writes the recording of an execution into `dir`.
+pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recording, RecordError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RecordError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let encoded = encode::encode(&execution.events, &opts.encode);
+    let tc = TimeConv::DEFAULT;
+    let pid = execution.pid;
+    let pt_id = 1;
+    let pmu_type = intel_pt_pmu_type();
+
+    let attr = Attr {
+        type_: pmu_type,
+        config: pt_config(&opts.encode),
+        sample_period: 1,
+        sample_type: sample::IP | sample::TID | sample::TIME | sample::CPU | sample::IDENTIFIER,
+        flags: attr_flag::DISABLED
+            | attr_flag::INHERIT
+            | attr_flag::EXCLUDE_KERNEL
+            | attr_flag::EXCLUDE_HV
+            | attr_flag::MMAP
+            | attr_flag::COMM
+            | attr_flag::ENABLE_ON_EXEC
+            | attr_flag::TASK
+            | attr_flag::SAMPLE_ID_ALL
+            | attr_flag::EXCLUDE_GUEST
+            | attr_flag::MMAP2
+            | attr_flag::COMM_EXEC,
+        ids: vec![pt_id],
+    };
+    let mut pd = PerfData::new(vec![attr]);
+    pd.auxtrace_info(&auxtrace_priv(&tc, opts, pmu_type));
+    pd.time_conv(tc.shift, tc.mult, tc.zero, !opts.timeless);
+
+    let sid = |tsc: u64| SampleId {
+        pid,
+        tid: pid,
+        time: tc.perf_time(tsc),
+        cpu: 0,
+        id: pt_id,
+    };
+    pd.comm(pid, pid, &execution.comm, true, &sid(encoded.start_tsc));
+    let mut map_times = encoded.map_times.iter();
+    let mut itrace_started = false;
+    for (i, event) in execution.events.iter().enumerate() {
+        let Event::Map(m) = event else { continue };
+        let &(_, tsc) = map_times
+            .find(|(j, _)| *j == i)
+            .expect("the encoder times every mapping");
+        if !itrace_started && tsc > encoded.start_tsc {
+            pd.itrace_start(pid, pid, &sid(encoded.start_tsc));
+            itrace_started = true;
+        }
+        pd.mmap2(pid, pid, m, &sid(tsc));
+    }
+    if !itrace_started {
+        pd.itrace_start(pid, pid, &sid(encoded.start_tsc));
+    }
+    let size = encoded.bytes.len() as u64;
+    pd.aux(0, size, 0, &sid(encoded.end_tsc));
+    pd.auxtrace(&encoded.bytes, 0, encoded.end_tsc, 0, pid, -1);
+    pd.task(true, pid, pid, pid, pid, &sid(encoded.end_tsc));
+
+    let binaries = fill_build_id_cache(&execution, dir, &mut pd)?;
+
+    let perf_data = dir.join(PERF_DATA);
+    let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
+    pd.write_to(std::io::BufWriter::new(file))
+        .map_err(io_err(&perf_data))?;
+    write_ground_truth(&execution, &dir.join(GROUND_TRUTH))
+        .map_err(io_err(&dir.join(GROUND_TRUTH)))?;
+
+    Ok(Recording {
+        dir: dir.to_path_buf(),
+        perf_data,
+        execution,
+        encoded,
+        binaries,
+    })
+}
+
+/// The intel_pt config perf would use for `intel_pt//u`: pt, tsc, branch, psb_period=3, and noretcomp
+/// when return compression is off. No MTC or CYC: the trace has none.
+fn pt_config(cfg: &encode::Config) -> u64 {
+    let mut c = 1 | PT_TSC_BIT | (1 << 13) | (3 << 24);
+    if !cfg.return_compression {
+        c |= PT_NORETCOMP_BIT;
+    }
+    c
+}
+
+const PT_TSC_BIT: u64 = 1 << 10;
+const PT_NORETCOMP_BIT: u64 = 1 << 11;
+const PT_MTC_BIT: u64 = 1 << 9;
+const PT_CYC_BIT: u64 = 1 << 1;
+
+/// AUXTRACE_INFO priv[0..=16] (see formats.md), per-thread, no filter.
+fn auxtrace_priv(tc: &TimeConv, opts: &Options, pmu_type: u32) -> Vec<u64> {
+    vec![
+        u64::from(pmu_type),
+        tc.shift,
+        tc.mult,
+        tc.zero,
+        u64::from(!opts.timeless), // cap_user_time_zero
+        PT_TSC_BIT,
+        PT_NORETCOMP_BIT,
+        0, // have_sched_switch
+        0, // snapshot_mode
+        0, // per_cpu_mmaps
+        PT_MTC_BIT,
+        0xf << 14, // mtc_freq_bits
+        2,         // tsc_ctc_ratio_n
+        1,         // tsc_ctc_ratio_d
+        PT_CYC_BIT,
+        24, // max_nonturbo_ratio
+        0,  // filter_str_len
+    ]
+}
+
+/// Copies every mapped binary into the cache and adds its BUILD_ID entry.
+fn fill_build_id_cache(
+    execution: &Execution,
+    dir: &Path,
+    pd: &mut PerfData,
+) -> Result<Vec<(String, String)>, RecordError> {
+    let mut done: Vec<(String, String)> = Vec::new();
+    for event in &execution.events {
+        let Event::Map(m) = event else { continue };
+        if done.iter().any(|(p, _)| *p == m.path) {
+            continue;
+        }
+        let image = if m.is_vdso() {
+            match &execution.vdso {
+                Some(v) => v.clone(),
+                None => continue,
+            }
+        } else {
+            let path = Path::new(&m.path);
+            std::fs::read(path).map_err(|source| RecordError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+        };
+        let id = buildid::read(&image, &m.path)?;
+        buildid::store(dir, &id, &image)?;
+        pd.add_build_id(BuildIdEntry {
+            pid: -1,
+            misc: misc::USER,
+            build_id: id.clone(),
+            filename: m.path.clone(),
+        });
+        done.push((m.path.clone(), buildid::hex(&id)));
+    }
+    Ok(done)
+}
+
+fn write_ground_truth(execution: &Execution, path: &Path) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for ip in execution.instruction_ips() {
+        writeln!(w, "{} {ip:x}", execution.pid)?;
+    }
+    w.flush()
+}
+
+/// Reads a ground-truth file back: (tid, ip) per executed instruction.
+pub fn read_ground_truth(path: &Path) -> std::io::Result<Vec<(u32, u64)>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .map(|l| {
+            let (t, ip) = l.split_once(' ').unwrap_or(("", ""));
+            match (t.parse::<u32>(), u64::from_str_radix(ip, 16)) {
+                (Ok(t), Ok(ip)) => Ok((t, ip)),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad ground-truth line: {l}"),
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_time_matches_perf_formula() {
+        let tc = TimeConv::DEFAULT;
+        assert_eq!(tc.perf_time(0), 0);
+        // 2.4e9 ticks is about one second.
+        let one_s = tc.perf_time(2_400_000_000);
+        assert!((999_999_000..=1_000_001_000).contains(&one_s), "{one_s}");
+        assert!(tc.perf_time(1 << 40) < tc.perf_time((1 << 40) + 3));
+    }
+}
