@@ -39,6 +39,7 @@ pub fn run(trace: &Path, args: &DumpArgs) -> anyhow::Result<()> {
                 last_ip: args.lastip,
                 exec_mode: args.exec_mode,
                 no_sync: args.no_sync,
+                ..PtdumpOptions::default()
             };
             write_ptdump(&mut out, data, &options)?;
         }

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use super::packets::{
     decode, next_psb, BlockContext, ExecMode, IpCompression, IpPayload, LastIp, Packet,
-    PacketErrorKind, Packets,
+    PacketErrorKind, Packets, Tma,
 };
 
 /// `perf script -D` takes the zero bytes after a packet into its line while the line is shorter
@@ -190,6 +190,12 @@ pub struct PtdumpOptions {
     pub exec_mode: bool,
     /// `--no-sync`: decode from offset 0 instead of the first PSB.
     pub no_sync: bool,
+    /// libipt's workaround for erratum SKD007 (a 2-byte CYC followed by `F3` is a garbled OVF),
+    /// which ptdump enables for the CPUs that have it.
+    pub skd007: bool,
+    /// libipt's workaround for erratum SKZ84 (a TMA with reserved bits set is shown as an
+    /// `<invalid>` 8-byte packet instead of stopping the decode).
+    pub skz84: bool,
 }
 
 impl Default for PtdumpOptions {
@@ -200,6 +206,8 @@ impl Default for PtdumpOptions {
             last_ip: false,
             exec_mode: false,
             no_sync: false,
+            skd007: false,
+            skz84: false,
         }
     }
 }
@@ -227,6 +235,29 @@ pub fn write_ptdump(out: &mut dyn Write, data: &[u8], options: &PtdumpOptions) -
     let mut line = PtdumpLine::default();
     while let Some(decoded) = packets.next() {
         let error = match decoded {
+            Ok((offset, packet)) if options.skd007 && is_skd007_ovf(data, offset, &packet) => {
+                // The CYC's offset, its bytes, and an OVF: what libipt reports.
+                line.describe(out, offset, &Packet::Ovf, &mut last_ip, options)?;
+                line.write(
+                    out,
+                    offset,
+                    data.get(offset..offset + 2).unwrap_or(&[]),
+                    options,
+                )?;
+                packets.seek(offset + 3);
+                continue;
+            }
+            Ok((offset, Packet::Tma(tma))) if options.skz84 && tma_has_reserved_bits(&tma) => {
+                line.set_invalid();
+                line.write(
+                    out,
+                    offset,
+                    data.get(offset..offset + 8).unwrap_or(&[]),
+                    options,
+                )?;
+                packets.seek(offset + 8);
+                continue;
+            }
             Ok((offset, packet)) => match libipt_rejects(&packet) {
                 None => {
                     if packet == Packet::Psb {
@@ -278,13 +309,22 @@ fn libipt_rejects(packet: &Packet) -> Option<PacketErrorKind> {
             Some(PacketErrorKind::UnknownOpcode)
         }
         Packet::Tnt(tnt) if tnt.count == 0 => Some(PacketErrorKind::Malformed("TNT")),
-        Packet::Tma(tma) if tma.reserved != 0 || tma.fast_counter_raw > 0x1ff => {
-            Some(PacketErrorKind::Malformed("TMA"))
-        }
+        Packet::Tma(tma) if tma_has_reserved_bits(tma) => Some(PacketErrorKind::Malformed("TMA")),
         // libipt stops at 8 extension bytes (64 bits of count).
         Packet::Cyc { size, .. } if *size > 9 => Some(PacketErrorKind::Malformed("CYC")),
         _ => None,
     }
+}
+
+fn tma_has_reserved_bits(tma: &Tma) -> bool {
+    tma.reserved != 0 || tma.fast_counter_raw > 0x1ff
+}
+
+/// SKD007: an OVF whose `02` was taken as the second byte of a 2-byte CYC (`xx 02 F3`).
+fn is_skd007_ovf(data: &[u8], offset: usize, packet: &Packet) -> bool {
+    matches!(packet, Packet::Cyc { size: 2, .. })
+        && data.get(offset + 1) == Some(&0x02)
+        && data.get(offset + 2) == Some(&0xf3)
 }
 
 /// ptdump's column widths (the sizes of its fields, NUL included) and field limits.
@@ -507,6 +547,14 @@ impl PtdumpLine {
         // ptdump's fields are fixed-size C strings; all text here is ASCII.
         self.payload.truncate(payload_max);
         Ok(())
+    }
+
+    /// A packet libipt decoded as `ppt_invalid`.
+    fn set_invalid(&mut self) {
+        self.opcode = "<invalid>";
+        self.payload.clear();
+        self.tracking_id = "";
+        self.tracking.clear();
     }
 
     /// Writes the line as ptdump's `print_buffer()` lays it out.
