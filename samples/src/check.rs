@@ -133,9 +133,15 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// Compares perf's decoding of `dir` with the ground truth written beside it.
+/// Compares perf's decoding of `dir` with the ground truth written beside it (`ground-truth.txt`, or
+/// `ground-truth.txt.zst` in a committed sample).
 pub fn check(dir: &Path) -> Result<Verdict, CheckError> {
-    let truth_path = dir.join(GROUND_TRUTH);
+    let plain = dir.join(GROUND_TRUTH);
+    let truth_path = if plain.exists() {
+        plain
+    } else {
+        dir.join(format!("{GROUND_TRUTH}.zst"))
+    };
     let truth =
         crate::recording::read_ground_truth(&truth_path).map_err(|source| CheckError::Io {
             path: truth_path,

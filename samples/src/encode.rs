@@ -69,6 +69,23 @@ pub struct Stats {
     pub fups: u64,
 }
 
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP",
+            self.psbs,
+            self.tnt_short,
+            self.tnt_long,
+            self.tips,
+            self.compressed_returns,
+            self.pge,
+            self.pgd,
+            self.fups
+        )
+    }
+}
+
 const RETURN_STACK_DEPTH: usize = 64;
 
 /// Writes the packets for `events` (one thread's whole execution).

@@ -4,7 +4,7 @@
 //! The data flow: [`trace`] runs the program under ptrace and records what it executed (the ground
 //! truth); [`encode`] writes the Intel PT packets for it; [`recording`] adds perf's sideband and writes
 //! perf.data ([`perfdata`]) plus a build-id cache ([`buildid`]) beside it; [`check`] asks real perf to
-//! decode the result and compares it with the ground truth.
+//! decode the result and compares it with the ground truth; [`sample`] makes the committed samples.
 
 pub mod buildid;
 pub mod check;
@@ -12,4 +12,5 @@ pub mod encode;
 pub mod insn;
 pub mod perfdata;
 pub mod recording;
+pub mod sample;
 pub mod trace;

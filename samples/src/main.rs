@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use ptlens_synth::{check, encode, recording, trace};
+use ptlens_synth::{check, encode, recording, sample, trace};
 
 /// Runs a program under ptrace and writes the Intel PT recording (perf.data and a build-id cache) that
 /// `perf record -e intel_pt//u` on Intel PT hardware would have made of it.
@@ -56,6 +56,12 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         program: Vec<String>,
     },
+    /// Rebuild, re-record and re-check samples: each DIR is a sample (holding prog.c) or a directory of
+    /// samples.
+    Regenerate {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Decode DIR with perf and compare with its ground truth.
     Check {
         /// A directory written by `record`.
@@ -97,29 +103,49 @@ fn main() -> anyhow::Result<()> {
             let (prog, args) = program.split_first().context("no program given")?;
             let rec = recording::record(prog, args, &out, &opts)
                 .with_context(|| format!("recording {prog}"))?;
-            let s = &rec.encoded.stats;
-            eprintln!(
-                "{}: {} instructions, exit code {}; {} bytes of trace ({} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD); {} binaries in the build-id cache",
-                rec.perf_data.display(),
-                rec.execution.instruction_ips().count(),
-                rec.execution.exit_code,
-                rec.encoded.bytes.len(),
-                s.psbs,
-                s.tnt_short,
-                s.tnt_long,
-                s.tips,
-                s.compressed_returns,
-                s.pge,
-                s.pgd,
-                rec.binaries.len()
-            );
+            eprintln!("{}", summary(&rec));
             if check {
                 run_check(&out)?;
             }
         }
         Command::Check { dir } => run_check(&dir)?,
+        Command::Regenerate { dirs } => {
+            let mut samples = Vec::new();
+            for d in dirs {
+                if d.join(sample::SOURCE).is_file() {
+                    samples.push(d);
+                } else {
+                    samples.extend(sample::find(&d)?);
+                }
+            }
+            anyhow::ensure!(
+                !samples.is_empty(),
+                "no samples (directories holding {}) found",
+                sample::SOURCE
+            );
+            let work = std::env::temp_dir().join("ptlens-samples");
+            for s in samples {
+                let (rec, verdict) =
+                    sample::regenerate(&s, &work, &s, &recording::Options::default())
+                        .with_context(|| format!("regenerating {}", s.display()))?;
+                eprintln!("{}\nperf agrees: {verdict}", summary(&rec));
+            }
+        }
     }
     Ok(())
+}
+
+fn summary(rec: &recording::Recording) -> String {
+    format!(
+        "{}: {} instructions ({} rep iterations folded), exit code {}; {} bytes of trace ({}); {} binaries in the build-id cache",
+        rec.perf_data.display(),
+        rec.execution.instruction_ips().count(),
+        rec.execution.rep_iterations,
+        rec.execution.exit_code,
+        rec.encoded.bytes.len(),
+        rec.encoded.stats,
+        rec.binaries.len()
+    )
 }
 
 fn run_check(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -259,9 +259,10 @@ fn write_ground_truth(execution: &Execution, path: &Path) -> std::io::Result<()>
     w.flush()
 }
 
-/// Reads a ground-truth file back: (tid, ip) per executed instruction.
+/// Reads a ground-truth file (`.zst`-compressed or not) back: (tid, ip) per executed instruction.
 pub fn read_ground_truth(path: &Path) -> std::io::Result<Vec<(u32, u64)>> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = crate::sample::read_maybe_zst(path)?;
+    let text = String::from_utf8_lossy(&bytes);
     text.lines()
         .map(|l| {
             let (t, ip) = l.split_once(' ').unwrap_or(("", ""));

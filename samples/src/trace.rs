@@ -66,6 +66,8 @@ pub struct Execution {
     /// The `[vdso]` image, dumped from the process.
     pub vdso: Option<Vec<u8>>,
     pub exit_code: i32,
+    /// Stops inside `rep` string instructions that were folded into one instruction each.
+    pub rep_iterations: u64,
 }
 
 impl Execution {
@@ -179,6 +181,7 @@ pub fn run(program: &str, args: &[String], opts: &Options) -> Result<Execution, 
         events: tracer.events,
         vdso: tracer.vdso,
         exit_code,
+        rep_iterations: tracer.rep_iterations,
     })
 }
 
@@ -290,6 +293,7 @@ struct Tracer {
     /// Executable mappings currently in place.
     maps: Vec<Mapping>,
     insns: HashMap<u64, Insn>,
+    rep_iterations: u64,
 }
 
 impl Tracer {
@@ -321,6 +325,7 @@ impl Tracer {
             vdso: None,
             maps: Vec::new(),
             insns: HashMap::new(),
+            rep_iterations: 0,
         };
         tracer.refresh_maps()?;
         if let Some(v) = tracer.maps.iter().find(|m| m.is_vdso()) {
@@ -442,7 +447,9 @@ impl Tracer {
                 ip = next;
                 continue;
             }
-            if !(insn.rep_string && next == ip) {
+            if insn.rep_string && next == ip {
+                self.rep_iterations += 1;
+            } else {
                 self.events.push(Event::Insn { ip, insn });
                 count += 1;
                 if count > opts.max_insns {
