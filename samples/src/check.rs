@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::recording::{GROUND_TRUTH, PERF_DATA};
+use crate::recording::{EXPECTED_ERRORS, GROUND_TRUTH, PERF_DATA};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -94,7 +94,10 @@ pub struct Difference {
 pub struct Verdict {
     pub truth: usize,
     pub decoded: usize,
+    /// Decoder errors beyond the expected ones, and expected ones perf did not report.
     pub errors: Vec<String>,
+    /// Expected decoder errors (simulated overflows) that perf reported.
+    pub expected_errors: usize,
     pub first_difference: Option<Difference>,
 }
 
@@ -108,10 +111,11 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ground truth {} instructions, perf decoded {}, {} decoder errors",
+            "ground truth {} instructions, perf decoded {}, {} unexpected decoder errors, {} expected",
             self.truth,
             self.decoded,
-            self.errors.len()
+            self.errors.len(),
+            self.expected_errors
         )?;
         if let Some(d) = &self.first_difference {
             let show = |x: &Option<Executed>| match x {
@@ -147,13 +151,41 @@ pub fn check(dir: &Path) -> Result<Verdict, CheckError> {
             path: truth_path,
             source,
         })?;
-    compare(dir, &truth)
+    let expected_path = dir.join(EXPECTED_ERRORS);
+    let expected = match std::fs::read_to_string(&expected_path) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(CheckError::Io {
+                path: expected_path,
+                source,
+            })
+        }
+    };
+    compare(dir, &truth, &expected)
 }
 
-/// Compares perf's decoding of `dir` with `truth`.
-pub fn compare(dir: &Path, truth: &[Executed]) -> Result<Verdict, CheckError> {
+/// Compares perf's decoding of `dir` with `truth`; `expected` lists the messages of the decoder errors
+/// the recording is meant to produce.
+pub fn compare(dir: &Path, truth: &[Executed], expected: &[String]) -> Result<Verdict, CheckError> {
     let decoded = perf_instructions(dir)?;
-    let errors = perf_errors(dir)?;
+    let mut pending: Vec<&String> = expected.iter().collect();
+    let mut errors = Vec::new();
+    let mut expected_errors = 0;
+    for line in perf_errors(dir)? {
+        match pending.iter().position(|m| line.ends_with(m.as_str())) {
+            Some(k) => {
+                pending.remove(k);
+                expected_errors += 1;
+            }
+            None => errors.push(line),
+        }
+    }
+    errors.extend(
+        pending
+            .iter()
+            .map(|m| format!("expected but not reported: {m}")),
+    );
     let first_difference = (0..truth.len().max(decoded.len()))
         .find(|&i| truth.get(i) != decoded.get(i))
         .map(|index| Difference {
@@ -165,6 +197,7 @@ pub fn compare(dir: &Path, truth: &[Executed]) -> Result<Verdict, CheckError> {
         truth: truth.len(),
         decoded: decoded.len(),
         errors,
+        expected_errors,
         first_difference,
     })
 }

@@ -27,6 +27,18 @@ pub struct Config {
     pub tnt_capacity: u8,
     /// For tests: invert this TNT outcome (counted from 0), so the trace no longer matches the program.
     pub flip_tnt: Option<u64>,
+    /// Simulate a buffer overflow: packets are lost, then OVF and a FUP resume the trace.
+    pub overflow: Option<Overflow>,
+}
+
+/// A simulated internal buffer overflow: the packets of `lost` instructions from instruction number
+/// `at` (counted from 0) never reach memory; the hardware then writes OVF and a FUP with the IP where
+/// tracing resumes, after clearing its IP-compression and return-compression state. The loss ends early at
+/// a kernel entry (syscall or signal), and starts later if tracing is off at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflow {
+    pub at: u64,
+    pub lost: u64,
 }
 
 impl Default for Config {
@@ -39,6 +51,7 @@ impl Default for Config {
             cbr: 0x20,
             tnt_capacity: 47,
             flip_tnt: None,
+            overflow: None,
         }
     }
 }
@@ -53,6 +66,8 @@ pub struct Encoded {
     /// The clock at the first packet and at the end.
     pub start_tsc: u64,
     pub end_tsc: u64,
+    /// Indices of the events whose instructions were lost to a simulated overflow: perf cannot show them.
+    pub lost: Vec<usize>,
     /// Packet counts, for reports and tests.
     pub stats: Stats,
 }
@@ -67,13 +82,14 @@ pub struct Stats {
     pub pge: u64,
     pub pgd: u64,
     pub fups: u64,
+    pub overflows: u64,
 }
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP",
+            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP, {} OVF",
             self.psbs,
             self.tnt_short,
             self.tnt_long,
@@ -81,7 +97,8 @@ impl std::fmt::Display for Stats {
             self.compressed_returns,
             self.pge,
             self.pgd,
-            self.fups
+            self.fups,
+            self.overflows
         )
     }
 }
@@ -92,6 +109,9 @@ const RETURN_STACK_DEPTH: usize = 64;
 pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
     let mut enc = Encoder::new(cfg);
     let mut map_times = Vec::new();
+    let mut lost = Vec::new();
+    // Instructions since the last one that produced a packet.
+    let mut unresolved = Vec::new();
     enc.psb_plus(None);
     for (i, event) in events.iter().enumerate() {
         match event {
@@ -103,7 +123,18 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
                     Event::Interrupt { at } => Some(*at),
                     Event::Map(_) => None,
                 });
-                enc.instruction(*ip, insn.len, insn.kind, next);
+                if enc.instruction(*ip, insn.len, insn.kind, next) {
+                    if enc.produced_packet {
+                        unresolved.clear();
+                    } else {
+                        unresolved.push(i);
+                    }
+                } else {
+                    // A decoder only walks past the last packet-producing branch when a packet says
+                    // where to; the instructions since then are lost along with the overflow.
+                    lost.append(&mut unresolved);
+                    lost.push(i);
+                }
             }
         }
     }
@@ -113,6 +144,7 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
         end_tsc: enc.clock,
         bytes: enc.out,
         map_times,
+        lost,
         stats: enc.stats,
     }
 }
@@ -133,6 +165,13 @@ struct Encoder<'a> {
     clock: u64,
     last_psb: usize,
     stats: Stats,
+    /// Instructions seen so far.
+    executed: u64,
+    /// Inside a simulated overflow: packets are being lost.
+    overflowing: bool,
+    overflowed: bool,
+    /// The last instruction wrote a TNT bit, TIP or TIP.PGD.
+    produced_packet: bool,
 }
 
 impl<'a> Encoder<'a> {
@@ -149,10 +188,22 @@ impl<'a> Encoder<'a> {
             clock: cfg.tsc_start,
             last_psb: 0,
             stats: Stats::default(),
+            executed: 0,
+            overflowing: false,
+            overflowed: false,
+            produced_packet: false,
         }
     }
 
-    fn instruction(&mut self, ip: u64, len: u8, kind: Kind, next: Option<u64>) {
+    /// Writes the packets for one instruction; false if they were lost to a simulated overflow.
+    fn instruction(&mut self, ip: u64, len: u8, kind: Kind, next: Option<u64>) -> bool {
+        let n = self.executed;
+        self.executed += 1;
+        self.produced_packet = false;
+        if self.lose(n, ip, kind) {
+            self.clock += 1;
+            return false;
+        }
         if !self.enabled {
             self.mode_exec();
             self.tsc();
@@ -173,7 +224,7 @@ impl<'a> Encoder<'a> {
             if matches!(kind, Kind::Syscall | Kind::Far) {
                 self.leave();
             }
-            return;
+            return true;
         };
         match kind {
             Kind::Other | Kind::DirectJump | Kind::DirectCall { .. } => {}
@@ -191,16 +242,51 @@ impl<'a> Encoder<'a> {
             }
             Kind::Syscall | Kind::Far => {
                 self.leave();
-                return;
+                return true;
             }
         }
         if self.out.len() - self.last_psb >= self.cfg.psb_period {
             self.psb_plus(Some(next));
         }
+        true
+    }
+
+    /// Whether instruction number `n` (at `ip`) falls in the simulated overflow; writes OVF and FUP when
+    /// the overflow ends before it.
+    fn lose(&mut self, n: u64, ip: u64, kind: Kind) -> bool {
+        let Some(o) = self.cfg.overflow else {
+            return false;
+        };
+        let kernel_entry = matches!(kind, Kind::Syscall | Kind::Far);
+        if !self.overflowing && !self.overflowed && n >= o.at && self.enabled && !kernel_entry {
+            // What was buffered before the overflow reaches memory.
+            self.flush_tnt();
+            self.overflowing = true;
+            self.overflowed = true;
+        }
+        if self.overflowing && (n >= o.at + o.lost || kernel_entry) {
+            self.end_overflow(ip);
+        }
+        self.overflowing
+    }
+
+    /// OVF, then a FUP with the IP where tracing resumes. The hardware has cleared its compression state;
+    /// the FUP carries the full IP, since a decoder may still hold an old last IP.
+    fn end_overflow(&mut self, ip: u64) {
+        self.overflowing = false;
+        self.out.extend_from_slice(&[0x02, 0xf3]);
+        self.returns.clear();
+        // A last IP sharing no upper bits with `ip` makes ip_packet choose the full width.
+        self.last_ip = !ip;
+        self.ip_packet(FUP, ip);
+        self.stats.overflows += 1;
     }
 
     /// An asynchronous event (signal delivery) before the instruction at `at`.
     fn interrupt(&mut self, at: u64) {
+        if self.overflowing {
+            self.end_overflow(at);
+        }
         if !self.enabled {
             // Already in the kernel (a signal delivered on the way out of a syscall).
             return;
@@ -213,6 +299,7 @@ impl<'a> Encoder<'a> {
 
     /// Tracing stops as the CPU enters the kernel: TIP.PGD without an IP.
     fn leave(&mut self) {
+        self.produced_packet = true;
         self.flush_tnt();
         self.out.push(TIP_PGD);
         self.stats.pgd += 1;
@@ -221,6 +308,7 @@ impl<'a> Encoder<'a> {
     }
 
     fn tnt(&mut self, taken: bool) {
+        self.produced_packet = true;
         let flip = self.cfg.flip_tnt == Some(self.tnt_seen);
         self.tnt_seen += 1;
         self.tnt_bits = (self.tnt_bits << 1) | u64::from(taken != flip);
@@ -249,6 +337,7 @@ impl<'a> Encoder<'a> {
     }
 
     fn tip(&mut self, ip: u64) {
+        self.produced_packet = true;
         self.flush_tnt();
         self.ip_packet(TIP, ip);
         self.stats.tips += 1;

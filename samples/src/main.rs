@@ -46,6 +46,12 @@ enum Command {
         /// Give up after this many instructions.
         #[arg(long, default_value_t = 20_000_000)]
         max_insns: u64,
+        /// Simulate a buffer overflow at instruction N (OVF and a FUP resync follow the lost packets).
+        #[arg(long, value_name = "N")]
+        overflow_at: Option<u64>,
+        /// Instructions whose packets the simulated overflow loses.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        overflow_lost: u64,
         /// Testing aid: invert the Nth TNT outcome so the trace no longer matches the program.
         #[arg(long, hide = true)]
         corrupt_tnt: Option<u64>,
@@ -81,6 +87,8 @@ fn main() -> anyhow::Result<()> {
             aslr,
             max_insns,
             corrupt_tnt,
+            overflow_at,
+            overflow_lost,
             check,
             program,
         } => {
@@ -96,6 +104,10 @@ fn main() -> anyhow::Result<()> {
                     return_compression: !no_retcomp,
                     tnt_capacity,
                     flip_tnt: corrupt_tnt,
+                    overflow: overflow_at.map(|at| encode::Overflow {
+                        at,
+                        lost: overflow_lost,
+                    }),
                     ..encode::Config::default()
                 },
                 timeless,

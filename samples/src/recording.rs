@@ -48,6 +48,8 @@ pub struct Recording {
 /// The file names inside a recording directory.
 pub const PERF_DATA: &str = "perf.data";
 pub const GROUND_TRUTH: &str = "ground-truth.txt";
+/// perf's decoder errors the recording is meant to produce, one message per line (simulated overflows).
+pub const EXPECTED_ERRORS: &str = "expected-errors.txt";
 
 /// The type of the `intel_pt` PMU here, or 8, a value it commonly has.
 pub fn intel_pt_pmu_type() -> u32 {
@@ -164,8 +166,15 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
     pd.write_to(std::io::BufWriter::new(file))
         .map_err(io_err(&perf_data))?;
-    write_ground_truth(&execution, &dir.join(GROUND_TRUTH))
-        .map_err(io_err(&dir.join(GROUND_TRUTH)))?;
+    let truth = dir.join(GROUND_TRUTH);
+    write_ground_truth(&execution, &encoded.lost, &truth).map_err(io_err(&truth))?;
+    let expected = dir.join(EXPECTED_ERRORS);
+    if encoded.stats.overflows > 0 {
+        let text = "Overflow packet\n".repeat(encoded.stats.overflows as usize);
+        std::fs::write(&expected, text).map_err(io_err(&expected))?;
+    } else if expected.exists() {
+        std::fs::remove_file(&expected).map_err(io_err(&expected))?;
+    }
 
     Ok(Recording {
         dir: dir.to_path_buf(),
@@ -251,9 +260,18 @@ fn fill_build_id_cache(
     Ok(done)
 }
 
-fn write_ground_truth(execution: &Execution, path: &Path) -> std::io::Result<()> {
+/// The instructions perf must show: all that executed, less those lost to a simulated overflow (`lost`
+/// holds sorted event indices).
+fn write_ground_truth(execution: &Execution, lost: &[usize], path: &Path) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for ip in execution.instruction_ips() {
+    let mut lost = lost.iter().peekable();
+    for (i, event) in execution.events.iter().enumerate() {
+        let Event::Insn { ip, .. } = event else {
+            continue;
+        };
+        if lost.next_if_eq(&&i).is_some() {
+            continue;
+        }
         writeln!(w, "{} {ip:x}", execution.pid)?;
     }
     w.flush()

@@ -12,6 +12,8 @@ use crate::check::{self, CheckError, Verdict};
 use crate::recording::{self, RecordError, Recording, GROUND_TRUTH};
 
 pub const SOURCE: &str = "prog.c";
+/// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`), `#` comments.
+pub const OPTIONS: &str = "synth-options";
 pub const REFERENCE: &str = "perf-script-be.txt.zst";
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum SampleError {
     Check(#[from] CheckError),
     #[error("perf disagrees with the ground truth: {0}")]
     Disagrees(Verdict),
+    #[error("{path}: bad option line: {line}")]
+    BadOption { path: PathBuf, line: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -93,7 +97,8 @@ pub fn regenerate(
             std::fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
-    let rec = recording::record(binary.to_str().unwrap_or(&name), &[], out, opts)?;
+    let opts = options(sample_dir, opts)?;
+    let rec = recording::record(binary.to_str().unwrap_or(&name), &[], out, &opts)?;
     std::fs::remove_file(&binary).map_err(io_err(&binary))?;
 
     let verdict = check::check(out)?;
@@ -107,6 +112,48 @@ pub fn regenerate(
     write_zst(&out.join(format!("{GROUND_TRUTH}.zst")), &text)?;
     std::fs::remove_file(&truth).map_err(io_err(&truth))?;
     Ok((rec, verdict))
+}
+
+/// The sample's record options: `base` plus what its `synth-options` file says.
+pub fn options(
+    sample_dir: &Path,
+    base: &recording::Options,
+) -> Result<recording::Options, SampleError> {
+    let mut opts = base.clone();
+    let path = sample_dir.join(OPTIONS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(opts),
+        Err(source) => return Err(SampleError::Io { path, source }),
+    };
+    let mut overflow = crate::encode::Overflow {
+        at: 0,
+        lost: 10_000,
+    };
+    let mut has_overflow = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || SampleError::BadOption {
+            path: path.clone(),
+            line: line.to_string(),
+        };
+        let (key, value) = line.split_once('=').ok_or_else(bad)?;
+        let value: u64 = value.trim().parse().map_err(|_| bad())?;
+        match key.trim() {
+            "overflow_at" => {
+                overflow.at = value;
+                has_overflow = true;
+            }
+            "overflow_lost" => overflow.lost = value,
+            _ => return Err(bad()),
+        }
+    }
+    if has_overflow {
+        opts.encode.overflow = Some(overflow);
+    }
+    Ok(opts)
 }
 
 /// Every directory under `root` that holds a `prog.c`, sorted.

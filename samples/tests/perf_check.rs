@@ -92,6 +92,32 @@ fn c_program_regenerated_from_scratch_decodes_exactly() {
 }
 
 #[test]
+fn overflow_sample_regenerated_from_scratch_has_exactly_its_overflow() {
+    if !tools_or_skip(
+        "overflow_sample_regenerated_from_scratch_has_exactly_its_overflow",
+        &["perf", "gcc"],
+    ) {
+        return;
+    }
+    let work = scratch("ovf-work");
+    let out = scratch("ovf-out");
+    let src = samples_root().join("overflow");
+    let (rec, verdict) =
+        sample::regenerate(&src, &work, &out, &recording::Options::default()).unwrap();
+    assert_eq!(rec.encoded.stats.overflows, 1);
+    assert!(
+        rec.encoded.lost.len() >= 20_000,
+        "{}",
+        rec.encoded.lost.len()
+    );
+    // Exactly the one overflow error, and the flow on both sides of it equals the ground truth.
+    assert!(verdict.is_exact(), "{verdict}");
+    assert_eq!(verdict.expected_errors, 1, "{verdict}");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
 fn corrupted_tnt_makes_the_check_fail() {
     if !tools_or_skip("corrupted_tnt_makes_the_check_fail", &["perf", "gcc"]) {
         return;
