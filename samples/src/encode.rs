@@ -485,6 +485,26 @@ mod tests {
     }
 
     #[test]
+    fn overflow_loses_packets_then_resyncs_with_a_full_fup() {
+        let mut c = cfg();
+        c.overflow = Some(Overflow { at: 3, lost: 2 });
+        let mut events: Vec<Event> = (0..8)
+            .map(|i| insn(0x1000 + 2 * i, 2, Kind::Conditional))
+            .collect();
+        events.push(insn(0x1010, 2, Kind::Syscall));
+        let e = encode(&events, &c);
+        // Instructions 3 and 4 are lost, and so is nothing before them: 2 produced a TNT bit.
+        assert_eq!(e.lost, vec![3, 4]);
+        assert_eq!(e.stats.overflows, 1);
+        let body = &e.bytes[PSB_PLUS.len() + 10 + 3..];
+        assert_eq!(body[0], 0b0001_0000); // N N N flushed before the loss
+        assert_eq!(&body[1..3], &[0x02, 0xf3]); // OVF
+        assert_eq!(&body[3..10], &[0x7d, 0x0a, 0x10, 0, 0, 0, 0]); // FUP, 6-byte IP 0x100a
+        assert_eq!(body[10], 0b0001_0000); // N N N for instructions 5..7
+        assert_eq!(body[11], 0x01); // TIP.PGD at the exit
+    }
+
+    #[test]
     fn uncompressed_return_after_psb() {
         let mut c = cfg();
         c.psb_period = 1;
