@@ -70,6 +70,32 @@ fn pipe_inject_and_zstd_made_now_match_perf_report() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("pipe mode"));
 }
 
+#[test]
+fn directory_form_made_now_matches_perf_report() {
+    if !support::have_perf() {
+        return;
+    }
+    // `perf record --threads` writes the directory form: `data` plus one `data.N` per writer thread.
+    let dir = scratch("threads.data");
+    sh(&format!(
+        "perf record -q --threads -e cpu-clock -o {} -- ls >/dev/null 2>&1",
+        dir.display()
+    ));
+    assert!(dir.join("data").is_file() && dir.join("data.0").exists());
+    let data = ptlens::perf::PerfData::open(&dir).unwrap();
+    assert!(data
+        .recording()
+        .unwrap()
+        .features
+        .dir_format()
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        support::ptlens_counts(&dir),
+        support::perf_report_counts(&dir)
+    );
+}
+
 struct Dump {
     packets: Vec<String>,
     headers: usize,
