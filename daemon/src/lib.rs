@@ -6,3 +6,4 @@
 pub mod debuginfo;
 pub mod perf;
 pub mod pt;
+pub mod sideband;
