@@ -544,6 +544,80 @@ fn guest_threads_per_vcpu() {
 }
 
 #[test]
+fn fork_exec_and_tid_reuse() {
+    use writer::File;
+    let mut f = File::default();
+    f.attrs.push((1, 9, vec![1]));
+    let u64s = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ids = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mmap2 = |pid: i32, start: u64, name: &str| {
+        let mut b = ids(&[pid, pid]);
+        b.extend(u64s(&[start, 0x1000, 0, 0, 0, 0]));
+        b.extend(ids(&[5, 2]));
+        b.extend(name.as_bytes());
+        b.push(0);
+        b
+    };
+    let comm = |pid: i32, tid: i32, name: &str| {
+        [ids(&[pid, tid]), name.as_bytes().to_vec(), vec![0]].concat()
+    };
+    let task = |pid: i32, ppid: i32, tid: i32, ptid: i32, time: u64| {
+        [ids(&[pid, ppid, tid, ptid]), u64s(&[time])].concat()
+    };
+    let sid = |pid: i32, tid: i32, time: u64| Some((pid, tid, time, 0, 1));
+    f.record(3, 0, &comm(100, 100, "shell"), sid(100, 100, 10));
+    f.record(10, 2, &mmap2(100, 0x10000, "/bin/sh"), sid(100, 100, 11));
+    // A new process (200) and a thread of it (201).
+    f.record(7, 0, &task(200, 100, 200, 100, 20), sid(200, 200, 20));
+    f.record(7, 0, &task(200, 200, 201, 200, 21), sid(200, 201, 21));
+    // The child execs: new comm, new program over the old one's addresses.
+    f.record(3, 1 << 13, &comm(200, 200, "ls"), sid(200, 200, 30));
+    f.record(10, 2, &mmap2(200, 0x10000, "/bin/ls"), sid(200, 200, 31));
+    f.record(4, 0, &task(200, 100, 200, 100, 40), sid(200, 200, 40));
+    f.record(4, 0, &task(200, 200, 201, 200, 40), sid(200, 201, 40));
+    // tid 200 comes back as a new process.
+    f.record(7, 0, &task(200, 100, 200, 100, 50), sid(200, 200, 50));
+    let data = PerfData::from_bytes("fork.data", f.bytes());
+    let m = Model::build(&data.recording().unwrap());
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings.examples());
+    let name = |pid: i32, t: u64| m.map_at(0, pid, 0x10100, t).map(|m| m.filename.to_string());
+    assert_eq!(name(200, 19), None);
+    assert_eq!(
+        name(200, 20).as_deref(),
+        Some("/bin/sh"),
+        "inherited at fork"
+    );
+    assert_eq!(name(200, 31).as_deref(), Some("/bin/ls"));
+    assert_eq!(
+        name(100, 31).as_deref(),
+        Some("/bin/sh"),
+        "the parent keeps its own"
+    );
+    assert_eq!(
+        name(200, 50).as_deref(),
+        Some("/bin/sh"),
+        "the new process copies anew"
+    );
+    let host = m.host();
+    let at = |t: u64| m.instant(t);
+    let child = host.thread(200, at(35)).unwrap();
+    assert_eq!(child.comm_at(at(25)), Some("shell"));
+    assert_eq!(child.comm_at(at(35)), Some("ls"));
+    assert_eq!((child.ppid, child.exit), (Some(100), Some(40)));
+    let thread = host.thread(201, at(35)).unwrap();
+    assert_eq!((thread.pid, thread.comm_at(at(25))), (200, Some("shell")));
+    let again = host.thread(200, at(50)).unwrap();
+    assert_eq!((again.start, again.exit), (50, None));
+    assert_eq!(host.thread(200, at(45)).unwrap().start, 20);
+}
+
+#[test]
+fn the_model_is_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Model>();
+}
+
+#[test]
 fn damaged_files_never_panic() {
     let bytes = std::fs::read(support::skylake()).unwrap();
     // Cut inside the data section, and flip bytes in the records.

@@ -223,3 +223,64 @@ impl AddressSpace {
             .map(|e| &*e.map)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(start: u64, len: u64, pgoff: u64, name: &str) -> Arc<Map> {
+        Arc::new(Map {
+            start,
+            len,
+            pgoff,
+            filename: name.into(),
+            prot: Some(5),
+            flags: None,
+            inode: None,
+            build_id: None,
+            cpumode: 2,
+            time: 0,
+        })
+    }
+
+    fn name(space: &AddressSpace, ip: u64, at: usize) -> Option<(String, u64)> {
+        space
+            .find(ip, Instant(at))
+            .map(|m| (m.filename.to_string(), m.file_offset(ip)))
+    }
+
+    #[test]
+    fn overlapping_maps_split_what_they_cover() {
+        let mut s = AddressSpace::default();
+        s.insert(map(0x1000, 0x3000, 0x10000, "a"), 0);
+        s.insert(map(0x2000, 0x1000, 0, "b"), 1);
+        s.finish();
+        // Before b: a everywhere.
+        assert_eq!(name(&s, 0x2800, 1), Some(("a".into(), 0x11800)));
+        // After b: a's left and right parts keep their file offsets; b in the middle.
+        assert_eq!(name(&s, 0x1800, 2), Some(("a".into(), 0x10800)));
+        assert_eq!(name(&s, 0x2800, 2), Some(("b".into(), 0x800)));
+        assert_eq!(name(&s, 0x3800, 2), Some(("a".into(), 0x12800)));
+        assert_eq!(s.find(0x3800, Instant(2)).unwrap().start, 0x3000);
+        assert_eq!(name(&s, 0x4000, 2), None);
+        assert_eq!(name(&s, 0x1000, 0), None, "nothing before the first change");
+        assert_eq!(s.maps_at(Instant(2)).count(), 3);
+        assert_eq!(s.maps().count(), 4);
+    }
+
+    #[test]
+    fn a_child_inherits_the_live_maps() {
+        let mut parent = AddressSpace::default();
+        parent.insert(map(0x1000, 0x1000, 0, "a"), 0);
+        parent.insert(map(0x1800, 0x1000, 0, "b"), 1);
+        let mut child = parent.clone_live(2);
+        child.insert(map(0x1000, 0x100, 0, "c"), 3);
+        parent.finish();
+        child.finish();
+        assert_eq!(name(&child, 0x1000, 2), None, "not before the fork");
+        assert_eq!(name(&child, 0x1200, 3), Some(("a".into(), 0x200)));
+        assert_eq!(name(&child, 0x1900, 3), Some(("b".into(), 0x100)));
+        assert_eq!(name(&child, 0x1000, 4), Some(("c".into(), 0)));
+        assert_eq!(name(&parent, 0x1000, 4), Some(("a".into(), 0)));
+    }
+}
