@@ -64,6 +64,8 @@ pub(crate) fn deliver(arrivals: impl IntoIterator<Item = Arrival>) -> Vec<Delive
                 max_timestamp = max_timestamp.max(ts);
                 queue.push(Reverse((ts, index)));
             }
+            // perf does nothing at all, not even note the maximum, while nothing is queued.
+            Arrival::Round if queue.is_empty() => {}
             Arrival::Round => {
                 // perf skips the flush while the limit is 0 (the first round).
                 if next_flush != 0 {
@@ -118,6 +120,13 @@ mod tests {
         assert_eq!(d[0].index, 0);
         assert_eq!((d[1].index, d[1].time, d[1].late), (3, 50, true));
         assert_eq!((d[2].index, d[2].time), (5, 50));
+    }
+
+    #[test]
+    fn an_empty_round_does_not_move_the_limit() {
+        // A round with nothing queued changes nothing; 10 sets the limit at the next one.
+        let a = [Round, Timed(10), Round, Timed(5), Round];
+        assert_eq!(order(&a), vec![(3, 5), (1, 10)]);
     }
 
     #[test]
