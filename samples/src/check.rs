@@ -81,9 +81,12 @@ pub fn perf_errors(dir: &Path) -> Result<Vec<String>, CheckError> {
 /// One executed instruction: (thread id, instruction pointer).
 pub type Executed = (u32, u64);
 
-/// Where perf's flow first departs from the ground truth.
+/// Where perf's flow first departs from the ground truth: the first thread (lowest tid) whose
+/// instruction sequence differs, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Difference {
+    pub tid: u32,
+    /// The index within that thread's instructions.
     pub index: usize,
     pub expected: Option<Executed>,
     pub decoded: Option<Executed>,
@@ -124,7 +127,8 @@ impl std::fmt::Display for Verdict {
             };
             write!(
                 f,
-                "; first difference at instruction {}: expected {}, perf has {}",
+                "; first difference in thread {} at its instruction {}: expected {}, perf has {}",
+                d.tid,
                 d.index,
                 show(&d.expected),
                 show(&d.decoded)
@@ -165,6 +169,37 @@ pub fn check(dir: &Path) -> Result<Verdict, CheckError> {
     compare(dir, &truth, &expected)
 }
 
+/// Compares thread by thread: each thread's instructions, in order, must be equal. (A per-CPU
+/// recording interleaves threads differently in perf's output than in the ground truth.)
+pub fn first_difference(truth: &[Executed], decoded: &[Executed]) -> Option<Difference> {
+    let by_thread = |flow: &[Executed]| {
+        let mut m: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+        for &(t, ip) in flow {
+            m.entry(t).or_default().push(ip);
+        }
+        m
+    };
+    let (want, got) = (by_thread(truth), by_thread(decoded));
+    let mut tids: Vec<u32> = want.keys().chain(got.keys()).copied().collect();
+    tids.sort_unstable();
+    tids.dedup();
+    let empty = Vec::new();
+    tids.into_iter().find_map(|tid| {
+        let (w, g) = (
+            want.get(&tid).unwrap_or(&empty),
+            got.get(&tid).unwrap_or(&empty),
+        );
+        (0..w.len().max(g.len()))
+            .find(|&i| w.get(i) != g.get(i))
+            .map(|index| Difference {
+                tid,
+                index,
+                expected: w.get(index).map(|&ip| (tid, ip)),
+                decoded: g.get(index).map(|&ip| (tid, ip)),
+            })
+    })
+}
+
 /// Compares perf's decoding of `dir` with `truth`; `expected` lists the messages of the decoder errors
 /// the recording is meant to produce.
 pub fn compare(dir: &Path, truth: &[Executed], expected: &[String]) -> Result<Verdict, CheckError> {
@@ -186,13 +221,7 @@ pub fn compare(dir: &Path, truth: &[Executed], expected: &[String]) -> Result<Ve
             .iter()
             .map(|m| format!("expected but not reported: {m}")),
     );
-    let first_difference = (0..truth.len().max(decoded.len()))
-        .find(|&i| truth.get(i) != decoded.get(i))
-        .map(|index| Difference {
-            index,
-            expected: truth.get(index).copied(),
-            decoded: decoded.get(index).copied(),
-        });
+    let first_difference = first_difference(truth, &decoded);
     Ok(Verdict {
         truth: truth.len(),
         decoded: decoded.len(),

@@ -5,9 +5,10 @@
 //! A model clock gives time: each instruction takes one TSC tick, a trip through the kernel (syscall or
 //! signal) a fixed number more. TSC packets carry the clock in every PSB+ and whenever tracing resumes.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::insn::Kind;
+use crate::sched::{Timeline, What};
 use crate::trace::Event;
 
 /// How the trace is written.
@@ -83,6 +84,20 @@ pub struct Stats {
     pub pgd: u64,
     pub fups: u64,
     pub overflows: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.psbs += o.psbs;
+        self.tnt_short += o.tnt_short;
+        self.tnt_long += o.tnt_long;
+        self.tips += o.tips;
+        self.compressed_returns += o.compressed_returns;
+        self.pge += o.pge;
+        self.pgd += o.pgd;
+        self.fups += o.fups;
+        self.overflows += o.overflows;
+    }
 }
 
 impl std::fmt::Display for Stats {
@@ -172,6 +187,8 @@ struct Encoder<'a> {
     overflowed: bool,
     /// The last instruction wrote a TNT bit, TIP or TIP.PGD.
     produced_packet: bool,
+    /// The caller sets the clock before each instruction (per-CPU streams of a timeline).
+    external_clock: bool,
 }
 
 impl<'a> Encoder<'a> {
@@ -192,6 +209,14 @@ impl<'a> Encoder<'a> {
             overflowing: false,
             overflowed: false,
             produced_packet: false,
+            external_clock: false,
+        }
+    }
+
+    /// Advances the model clock by `ticks`, unless the caller drives it.
+    fn advance(&mut self, ticks: u64) {
+        if !self.external_clock {
+            self.clock += ticks;
         }
     }
 
@@ -201,7 +226,7 @@ impl<'a> Encoder<'a> {
         self.executed += 1;
         self.produced_packet = false;
         if self.lose(n, ip, kind) {
-            self.clock += 1;
+            self.advance(1);
             return false;
         }
         if !self.enabled {
@@ -211,7 +236,7 @@ impl<'a> Encoder<'a> {
             self.stats.pge += 1;
             self.enabled = true;
         }
-        self.clock += 1;
+        self.advance(1);
         let fallthrough = ip + u64::from(len);
         if kind.pushes_return() {
             if self.returns.len() == RETURN_STACK_DEPTH {
@@ -304,7 +329,17 @@ impl<'a> Encoder<'a> {
         self.out.push(TIP_PGD);
         self.stats.pgd += 1;
         self.enabled = false;
-        self.clock += self.cfg.kernel_ticks;
+        self.advance(self.cfg.kernel_ticks);
+    }
+
+    /// The CPU switches to another task. Tracing is already off (the outgoing task entered the kernel);
+    /// the return stack holds the outgoing task's calls, which the incoming task must not return
+    /// through: its returns get TIPs until it makes calls of its own.
+    fn switch_task(&mut self) {
+        if self.enabled {
+            self.leave();
+        }
+        self.returns.clear();
     }
 
     fn tnt(&mut self, taken: bool) {
@@ -393,6 +428,64 @@ impl<'a> Encoder<'a> {
         self.out.extend_from_slice(&[0x02, 0x23]);
         self.stats.psbs += 1;
     }
+}
+
+/// Writes one Intel PT stream per CPU for a timeline of several tasks (see [`crate::sched`]): each
+/// CPU's stream has the packets of the instructions its tasks ran there, timed by the timeline's ticks
+/// (TSC = `tsc_start` + tick).
+pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
+    // For each instruction, the task's next IP (its next instruction, or where an interrupt left it).
+    let mut next_of = vec![None; timeline.events.len()];
+    let mut upcoming: HashMap<i32, u64> = HashMap::new();
+    for (i, e) in timeline.events.iter().enumerate().rev() {
+        match e.what {
+            What::Insn { ip, .. } => {
+                next_of[i] = upcoming.get(&e.task.1).copied();
+                upcoming.insert(e.task.1, ip);
+            }
+            What::Interrupt { at } => {
+                upcoming.insert(e.task.1, at);
+            }
+            What::Exit { .. } => {
+                upcoming.remove(&e.task.1);
+            }
+            _ => {}
+        }
+    }
+    let mut encoders: Vec<Encoder> = (0..timeline.cpus)
+        .map(|_| {
+            let mut e = Encoder::new(cfg);
+            e.external_clock = true;
+            e.psb_plus(None);
+            e
+        })
+        .collect();
+    for (i, e) in timeline.events.iter().enumerate() {
+        let enc = &mut encoders[e.cpu as usize];
+        enc.clock = cfg.tsc_start + e.tick;
+        match e.what {
+            What::Insn { ip, insn } => {
+                enc.instruction(ip, insn.len, insn.kind, next_of[i]);
+            }
+            What::Interrupt { at } => enc.interrupt(at),
+            What::Switch { .. } => enc.switch_task(),
+            What::Map(_) | What::Fork { .. } | What::Exec { .. } | What::Exit { .. } => {}
+        }
+    }
+    encoders
+        .into_iter()
+        .map(|mut enc| {
+            enc.flush_tnt();
+            Encoded {
+                bytes: enc.out,
+                map_times: Vec::new(),
+                start_tsc: cfg.tsc_start,
+                end_tsc: cfg.tsc_start + timeline.end,
+                lost: Vec::new(),
+                stats: enc.stats,
+            }
+        })
+        .collect()
 }
 
 const TIP: u8 = 0x0d;

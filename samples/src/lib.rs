@@ -13,4 +13,5 @@ pub mod insn;
 pub mod perfdata;
 pub mod recording;
 pub mod sample;
+pub mod sched;
 pub mod trace;

@@ -25,9 +25,13 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "ptlens-synth.out")]
         out: PathBuf,
-        /// Schedule threads on this many virtual CPUs (per-CPU recording). Not supported yet.
-        #[arg(long)]
+        /// Record per-CPU (as `perf record -a`): follow every thread and child process, scheduled on N
+        /// virtual CPUs.
+        #[arg(long, value_name = "N")]
         per_cpu: Option<u32>,
+        /// Per-CPU: instructions a task runs before it is preempted for a waiting one.
+        #[arg(long, default_value_t = 20_000)]
+        quantum: u64,
         /// Turn return compression off (perf's `noretcomp`).
         #[arg(long)]
         no_retcomp: bool,
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Record {
             out,
             per_cpu,
+            quantum,
             no_retcomp,
             psb_period,
             tnt_capacity,
@@ -92,11 +97,6 @@ fn main() -> anyhow::Result<()> {
             check,
             program,
         } => {
-            if per_cpu.is_some() {
-                anyhow::bail!(
-                    "--per-cpu is not supported yet: only single-threaded programs are recorded"
-                );
-            }
             let opts = recording::Options {
                 trace: trace::Options { aslr, max_insns },
                 encode: encode::Config {
@@ -111,11 +111,13 @@ fn main() -> anyhow::Result<()> {
                     ..encode::Config::default()
                 },
                 timeless,
+                per_cpu,
+                quantum,
             };
             let (prog, args) = program.split_first().context("no program given")?;
             let rec = recording::record(prog, args, &out, &opts)
                 .with_context(|| format!("recording {prog}"))?;
-            eprintln!("{}", summary(&rec));
+            eprintln!("{rec}");
             if check {
                 run_check(&out)?;
             }
@@ -140,24 +142,11 @@ fn main() -> anyhow::Result<()> {
                 let (rec, verdict) =
                     sample::regenerate(&s, &work, &s, &recording::Options::default())
                         .with_context(|| format!("regenerating {}", s.display()))?;
-                eprintln!("{}\nperf agrees: {verdict}", summary(&rec));
+                eprintln!("{rec}\nperf agrees: {verdict}");
             }
         }
     }
     Ok(())
-}
-
-fn summary(rec: &recording::Recording) -> String {
-    format!(
-        "{}: {} instructions ({} rep iterations folded), exit code {}; {} bytes of trace ({}); {} binaries in the build-id cache",
-        rec.perf_data.display(),
-        rec.execution.instruction_ips().count(),
-        rec.execution.rep_iterations,
-        rec.execution.exit_code,
-        rec.encoded.bytes.len(),
-        rec.encoded.stats,
-        rec.binaries.len()
-    )
 }
 
 fn run_check(dir: &std::path::Path) -> anyhow::Result<()> {

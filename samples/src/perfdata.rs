@@ -51,6 +51,7 @@ pub mod misc {
     pub const USER: u16 = 2;
     pub const COMM_EXEC: u16 = 1 << 13;
     pub const SWITCH_OUT: u16 = 1 << 13;
+    pub const SWITCH_OUT_PREEMPT: u16 = 1 << 14;
     pub const BUILD_ID_SIZE: u16 = 1 << 15;
 }
 
@@ -264,6 +265,41 @@ impl PerfData {
         self.data
             .resize(self.data.len() + padded - payload.len(), 0);
         self.auxtrace_index.push((at, 48));
+    }
+
+    /// SWITCH_CPU_WIDE: `next_prev` is the incoming task of a switch-out (`out`), the outgoing one of a
+    /// switch-in; the sample id names the task switched.
+    pub fn switch_cpu_wide(
+        &mut self,
+        out: bool,
+        preempted: bool,
+        next_prev: (i32, i32),
+        sid: &SampleId,
+    ) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&next_prev.0.to_le_bytes());
+        b.extend_from_slice(&next_prev.1.to_le_bytes());
+        let mut m = 0;
+        if out {
+            m |= misc::SWITCH_OUT;
+            if preempted {
+                m |= misc::SWITCH_OUT_PREEMPT;
+            }
+        }
+        self.record(record_type::SWITCH_CPU_WIDE, m, &b, Some(sid));
+    }
+
+    /// ID_INDEX: for each (id, cpu), the id's mmap index (the CPU), its CPU, and tid -1.
+    pub fn id_index(&mut self, ids: &[(u64, u32)]) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+        for &(id, cpu) in ids {
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&u64::from(cpu).to_le_bytes());
+            b.extend_from_slice(&u64::from(cpu).to_le_bytes());
+            b.extend_from_slice(&(-1i64).to_le_bytes());
+        }
+        self.record(record_type::ID_INDEX, 0, &b, None);
     }
 
     pub fn finished_round(&mut self) {

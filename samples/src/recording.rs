@@ -7,17 +7,35 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::buildid::{self, BuildIdError};
-use crate::encode::{self, Encoded};
+use crate::encode::{self, Stats};
 use crate::perfdata::{attr_flag, misc, sample, Attr, BuildIdEntry, PerfData, SampleId};
-use crate::trace::{self, Event, Execution, TraceError};
+use crate::sched::{self, Timeline, What};
+use crate::trace::{self, Event, Execution, Mapping, TraceError};
 
 /// What to record and how.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub trace: trace::Options,
     pub encode: encode::Config,
     /// Write no timestamps perf can use (cap_user_time_zero 0): perf then decodes timelessly.
     pub timeless: bool,
+    /// Record per-CPU (`perf record -a`): every thread and child process, scheduled on this many virtual
+    /// CPUs. Per-thread (one process, one thread) when `None`.
+    pub per_cpu: Option<u32>,
+    /// Instructions a task runs before it is preempted for a waiting one (per-CPU recordings).
+    pub quantum: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            trace: trace::Options::default(),
+            encode: encode::Config::default(),
+            timeless: false,
+            per_cpu: None,
+            quantum: sched::Options::default().quantum,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +57,49 @@ pub enum RecordError {
 pub struct Recording {
     pub dir: PathBuf,
     pub perf_data: PathBuf,
-    pub execution: Execution,
-    pub encoded: Encoded,
+    /// Instructions executed (in all tasks).
+    pub instructions: u64,
+    /// `rep` string iterations folded into single instructions.
+    pub rep_iterations: u64,
+    pub exit_code: i32,
+    /// Threads and processes that ran.
+    pub tasks: usize,
+    /// Virtual CPUs of a per-CPU recording.
+    pub cpus: Option<u32>,
+    /// Context switches (per-CPU recordings).
+    pub switches: usize,
+    /// Bytes of Intel PT trace (all CPUs).
+    pub trace_bytes: usize,
+    /// Packet counts (all CPUs).
+    pub stats: Stats,
+    /// Indices of the events whose instructions were lost to a simulated overflow.
+    pub lost: Vec<usize>,
     /// Binaries put into the build-id cache: (path as perf names it, build-id hex).
     pub binaries: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} instructions ({} rep iterations folded) in {} task(s)",
+            self.perf_data.display(),
+            self.instructions,
+            self.rep_iterations,
+            self.tasks
+        )?;
+        if let Some(n) = self.cpus {
+            write!(f, " on {n} CPUs with {} context switches", self.switches)?;
+        }
+        write!(
+            f,
+            ", exit code {}; {} bytes of trace ({}); {} binaries in the build-id cache",
+            self.exit_code,
+            self.trace_bytes,
+            self.stats,
+            self.binaries.len()
+        )
+    }
 }
 
 /// The file names inside a recording directory.
@@ -91,6 +148,17 @@ pub fn record(
     dir: &Path,
     opts: &Options,
 ) -> Result<Recording, RecordError> {
+    if let Some(cpus) = opts.per_cpu {
+        let sched_opts = sched::Options {
+            trace: opts.trace.clone(),
+            cpus,
+            quantum: opts.quantum,
+            kernel_ticks: opts.encode.kernel_ticks,
+            ..sched::Options::default()
+        };
+        let timeline = sched::run(program, args, &sched_opts)?;
+        return write_per_cpu(timeline, dir, opts);
+    }
     let execution = trace::run(program, args, &opts.trace)?;
     write(execution, dir, opts)
 }
@@ -160,7 +228,15 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     pd.auxtrace(&encoded.bytes, 0, encoded.end_tsc, 0, pid, -1);
     pd.task(true, pid, pid, pid, pid, &sid(encoded.end_tsc));
 
-    let binaries = fill_build_id_cache(&execution, dir, &mut pd)?;
+    let maps: Vec<&Mapping> = execution
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Map(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let binaries = fill_build_id_cache(&maps, execution.vdso.as_deref(), dir, &mut pd)?;
 
     let perf_data = dir.join(PERF_DATA);
     let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
@@ -179,8 +255,131 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     Ok(Recording {
         dir: dir.to_path_buf(),
         perf_data,
-        execution,
-        encoded,
+        instructions: execution.instruction_ips().count() as u64,
+        rep_iterations: execution.rep_iterations,
+        exit_code: execution.exit_code,
+        tasks: 1,
+        cpus: None,
+        switches: 0,
+        trace_bytes: encoded.bytes.len(),
+        stats: encoded.stats,
+        lost: encoded.lost,
+        binaries,
+    })
+}
+
+/// Writes a per-CPU recording of a timeline into `dir`: what `perf record -a -e intel_pt//u` writes,
+/// with SWITCH_CPU_WIDE records for the context switches and one AUXTRACE queue per CPU.
+pub fn write_per_cpu(
+    timeline: Timeline,
+    dir: &Path,
+    opts: &Options,
+) -> Result<Recording, RecordError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RecordError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let cfg = encode::Config {
+        overflow: None,
+        ..opts.encode.clone()
+    };
+    let streams = encode::encode_timeline(&timeline, &cfg);
+    let tc = TimeConv::DEFAULT;
+    let pmu_type = intel_pt_pmu_type();
+    // One id per CPU: the events perf opens for intel_pt on each CPU.
+    let ids: Vec<(u64, u32)> = (0..timeline.cpus).map(|c| (u64::from(c) + 1, c)).collect();
+    let attr = Attr {
+        type_: pmu_type,
+        config: pt_config(&opts.encode),
+        sample_period: 1,
+        sample_type: sample::IP | sample::TID | sample::TIME | sample::CPU | sample::IDENTIFIER,
+        flags: attr_flag::DISABLED
+            | attr_flag::EXCLUDE_KERNEL
+            | attr_flag::EXCLUDE_HV
+            | attr_flag::MMAP
+            | attr_flag::COMM
+            | attr_flag::TASK
+            | attr_flag::SAMPLE_ID_ALL
+            | attr_flag::EXCLUDE_GUEST
+            | attr_flag::MMAP2
+            | attr_flag::COMM_EXEC
+            | attr_flag::CONTEXT_SWITCH,
+        ids: ids.iter().map(|&(id, _)| id).collect(),
+    };
+    let mut pd = PerfData::new(vec![attr]);
+    pd.id_index(&ids);
+    let mut priv_ = auxtrace_priv(&tc, opts, pmu_type);
+    priv_[7] = 3; // have_sched_switch: SWITCH_CPU_WIDE
+    priv_[9] = 1; // per_cpu_mmaps
+    pd.auxtrace_info(&priv_);
+    pd.time_conv(tc.shift, tc.mult, tc.zero, !opts.timeless);
+
+    let sid = |task: (i32, i32), tick: u64, cpu: u32| SampleId {
+        pid: task.0,
+        tid: task.1,
+        time: tc.perf_time(cfg.tsc_start + tick),
+        cpu,
+        id: u64::from(cpu) + 1,
+    };
+    for e in &timeline.events {
+        let (pid, tid) = e.task;
+        let s = sid(e.task, e.tick, e.cpu);
+        match &e.what {
+            What::Insn { .. } | What::Interrupt { .. } => {}
+            What::Map(m) => pd.mmap2(pid, tid, m, &s),
+            What::Exec { comm } => pd.comm(pid, tid, comm, true, &s),
+            What::Fork { parent } => pd.task(false, pid, parent.0, tid, parent.1, &s),
+            What::Exit { parent } => pd.task(true, pid, parent.0, tid, parent.1, &s),
+            What::Switch { prev, preempted } => {
+                pd.switch_cpu_wide(true, *preempted, e.task, &sid(*prev, e.tick, e.cpu));
+                pd.switch_cpu_wide(false, false, *prev, &s);
+            }
+        }
+    }
+    let mut stats = Stats::default();
+    let mut trace_bytes = 0;
+    for (cpu, stream) in streams.iter().enumerate() {
+        let cpu = cpu as u32;
+        let s = sid((-1, -1), timeline.end, cpu);
+        pd.aux(0, stream.bytes.len() as u64, 0, &s);
+        pd.auxtrace(&stream.bytes, 0, stream.end_tsc, cpu, -1, cpu as i32);
+        stats += stream.stats;
+        trace_bytes += stream.bytes.len();
+    }
+
+    let maps = sched::mapped_files(&timeline);
+    let maps: Vec<&Mapping> = maps.iter().collect();
+    let binaries = fill_build_id_cache(&maps, timeline.vdso.as_deref(), dir, &mut pd)?;
+    let perf_data = dir.join(PERF_DATA);
+    let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
+    pd.write_to(std::io::BufWriter::new(file))
+        .map_err(io_err(&perf_data))?;
+    let truth = dir.join(GROUND_TRUTH);
+    let write_truth = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&truth)?);
+        for (tid, ip) in timeline.instructions() {
+            writeln!(w, "{tid} {ip:x}")?;
+        }
+        w.flush()
+    };
+    write_truth().map_err(io_err(&truth))?;
+    let expected = dir.join(EXPECTED_ERRORS);
+    if expected.exists() {
+        std::fs::remove_file(&expected).map_err(io_err(&expected))?;
+    }
+    Ok(Recording {
+        dir: dir.to_path_buf(),
+        perf_data,
+        instructions: timeline.instructions().count() as u64,
+        rep_iterations: timeline.rep_iterations,
+        exit_code: timeline.exit_code,
+        tasks: timeline.tasks().len(),
+        cpus: Some(timeline.cpus),
+        switches: timeline.switches(),
+        trace_bytes,
+        stats,
+        lost: Vec::new(),
         binaries,
     })
 }
@@ -225,19 +424,19 @@ fn auxtrace_priv(tc: &TimeConv, opts: &Options, pmu_type: u32) -> Vec<u64> {
 
 /// Copies every mapped binary into the cache and adds its BUILD_ID entry.
 fn fill_build_id_cache(
-    execution: &Execution,
+    maps: &[&Mapping],
+    vdso: Option<&[u8]>,
     dir: &Path,
     pd: &mut PerfData,
 ) -> Result<Vec<(String, String)>, RecordError> {
     let mut done: Vec<(String, String)> = Vec::new();
-    for event in &execution.events {
-        let Event::Map(m) = event else { continue };
+    for m in maps {
         if done.iter().any(|(p, _)| *p == m.path) {
             continue;
         }
         let image = if m.is_vdso() {
-            match &execution.vdso {
-                Some(v) => v.clone(),
+            match vdso {
+                Some(v) => v.to_vec(),
                 None => continue,
             }
         } else {

@@ -12,7 +12,8 @@ use crate::check::{self, CheckError, Verdict};
 use crate::recording::{self, RecordError, Recording, GROUND_TRUTH};
 
 pub const SOURCE: &str = "prog.c";
-/// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`), `#` comments.
+/// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`, `per_cpu`,
+/// `quantum`), `#` comments.
 pub const OPTIONS: &str = "synth-options";
 pub const REFERENCE: &str = "perf-script-be.txt.zst";
 
@@ -147,6 +148,8 @@ pub fn options(
                 has_overflow = true;
             }
             "overflow_lost" => overflow.lost = value,
+            "per_cpu" => opts.per_cpu = Some(u32::try_from(value).map_err(|_| bad())?),
+            "quantum" => opts.quantum = value,
             _ => return Err(bad()),
         }
     }

@@ -112,7 +112,7 @@ pub enum TraceError {
     },
 }
 
-fn os(op: &'static str) -> impl FnOnce(io::Error) -> TraceError {
+pub(crate) fn os(op: &'static str) -> impl FnOnce(io::Error) -> TraceError {
     move |source| TraceError::Os { op, source }
 }
 
@@ -185,13 +185,18 @@ pub fn run(program: &str, args: &[String], opts: &Options) -> Result<Execution, 
     })
 }
 
-struct Child {
-    pid: i32,
+pub(crate) struct Child {
+    pub(crate) pid: i32,
 }
 
 /// Forks; the child asks to be traced and executes the program, stopping with SIGTRAP at its first
 /// instruction.
-fn spawn(path: &Path, argv0: &str, args: &[String], opts: &Options) -> Result<Child, TraceError> {
+pub(crate) fn spawn(
+    path: &Path,
+    argv0: &str,
+    args: &[String],
+    opts: &Options,
+) -> Result<Child, TraceError> {
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| TraceError::NotFound(argv0.into()))?;
     let cargs: Vec<CString> = std::iter::once(argv0)
@@ -248,7 +253,7 @@ fn spawn(path: &Path, argv0: &str, args: &[String], opts: &Options) -> Result<Ch
     Ok(Child { pid })
 }
 
-fn wait(pid: i32) -> Result<i32, TraceError> {
+pub(crate) fn wait(pid: i32) -> Result<i32, TraceError> {
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes the status into a local.
@@ -263,7 +268,12 @@ fn wait(pid: i32) -> Result<i32, TraceError> {
     }
 }
 
-fn ptrace(op: &'static str, req: libc::c_uint, pid: i32, data: usize) -> Result<(), TraceError> {
+pub(crate) fn ptrace(
+    op: &'static str,
+    req: libc::c_uint,
+    pid: i32,
+    data: usize,
+) -> Result<(), TraceError> {
     // SAFETY: the requests used here (SINGLESTEP, SETOPTIONS) take no pointer from us.
     let r = unsafe { libc::ptrace(req, pid, 0usize, data) };
     if r < 0 {
@@ -272,7 +282,7 @@ fn ptrace(op: &'static str, req: libc::c_uint, pid: i32, data: usize) -> Result<
     Ok(())
 }
 
-fn instruction_pointer(pid: i32) -> Result<u64, TraceError> {
+pub(crate) fn instruction_pointer(pid: i32) -> Result<u64, TraceError> {
     // SAFETY: user_regs_struct is plain data; PTRACE_GETREGS fills it for a stopped tracee.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: the pointer is to a live user_regs_struct, the layout GETREGS writes on x86-64.
@@ -476,7 +486,7 @@ impl Tracer {
     }
 }
 
-fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     // SAFETY: strsignal returns a pointer to a static or thread-local NUL-terminated string.
     let p = unsafe { libc::strsignal(sig) };
     if p.is_null() {
@@ -490,7 +500,7 @@ fn signal_name(sig: i32) -> String {
 }
 
 /// Parses one /proc/PID/maps line, keeping executable mappings of files and `[vdso]`.
-fn parse_maps_line(line: &str) -> Option<Mapping> {
+pub(crate) fn parse_maps_line(line: &str) -> Option<Mapping> {
     let mut fields = line.split_ascii_whitespace();
     let range = fields.next()?;
     let perms = fields.next()?.as_bytes();

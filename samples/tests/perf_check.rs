@@ -71,7 +71,7 @@ fn c_program_regenerated_from_scratch_decodes_exactly() {
     let (rec, verdict) =
         sample::regenerate(&src, &work, &out, &recording::Options::default()).unwrap();
     assert!(verdict.is_exact(), "{verdict}");
-    let s = rec.encoded.stats;
+    let s = rec.stats;
     // The program exercises every packet kind the encoder writes.
     assert!(s.psbs >= 2, "{s:?}");
     assert!(s.tnt_short > 0 && s.tnt_long > 0, "{s:?}");
@@ -104,12 +104,8 @@ fn overflow_sample_regenerated_from_scratch_has_exactly_its_overflow() {
     let src = samples_root().join("overflow");
     let (rec, verdict) =
         sample::regenerate(&src, &work, &out, &recording::Options::default()).unwrap();
-    assert_eq!(rec.encoded.stats.overflows, 1);
-    assert!(
-        rec.encoded.lost.len() >= 20_000,
-        "{}",
-        rec.encoded.lost.len()
-    );
+    assert_eq!(rec.stats.overflows, 1);
+    assert!(rec.lost.len() >= 20_000, "{}", rec.lost.len());
     // Exactly the one overflow error, and the flow on both sides of it equals the ground truth.
     assert!(verdict.is_exact(), "{verdict}");
     assert_eq!(verdict.expected_errors, 1, "{verdict}");
@@ -188,8 +184,8 @@ fn timeless_and_no_return_compression_decode_exactly() {
         ..recording::Options::default()
     };
     let rec = recording::record(bin.to_str().unwrap(), &[], &out, &opts).unwrap();
-    assert_eq!(rec.encoded.stats.compressed_returns, 0);
-    assert_eq!(rec.encoded.stats.tnt_long, 0);
+    assert_eq!(rec.stats.compressed_returns, 0);
+    assert_eq!(rec.stats.tnt_long, 0);
     let verdict = check::check(&out).unwrap();
     assert!(verdict.is_exact(), "{verdict}");
     let _ = std::fs::remove_dir_all(&work);
