@@ -2,8 +2,11 @@
 //! `perf record -e intel_pt//u` (Intel SDM Vol. 3, "Intel Processor Trace": packet formats, IP
 //! compression, return compression, PSB+).
 //!
-//! A model clock gives time: each instruction takes one TSC tick, a trip through the kernel (syscall or
-//! signal) a fixed number more. TSC packets carry the clock in every PSB+ and whenever tracing resumes.
+//! A model clock gives time: each instruction takes one core cycle, a trip through the kernel (syscall or
+//! signal) a fixed number more. The core runs at `cbr` × 100 MHz, the TSC at `max_nonturbo_ratio` ×
+//! 100 MHz, the crystal clock (CTC, the ART) at 1/`tsc_per_ctc` of the TSC. TSC packets (each followed by
+//! a TMA when MTC is on) carry the clock in every PSB+ and whenever tracing resumes; MTC packets mark
+//! every 2^`mtc_freq` CTC ticks while tracing is on.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -18,18 +21,30 @@ pub struct Config {
     pub psb_period: usize,
     /// Return compression (perf's default; `noretcomp` turns it off).
     pub return_compression: bool,
-    /// The clock at the first packet.
+    /// The TSC at the first packet.
     pub tsc_start: u64,
-    /// Ticks a syscall or signal spends in the kernel.
+    /// Core cycles a syscall or signal spends in the kernel.
     pub kernel_ticks: u64,
-    /// Core-to-bus ratio reported in CBR packets.
+    /// Core-to-bus ratio reported in CBR packets: the core clock is `cbr` × 100 MHz.
     pub cbr: u8,
+    /// The TSC runs at `max_nonturbo_ratio` × 100 MHz (AUXTRACE_INFO's max_nonturbo_ratio).
+    pub max_nonturbo_ratio: u8,
+    /// MTC packets every 2^N crystal-clock ticks, and TMA after every TSC (perf's `mtc_period`); `None`:
+    /// no MTC.
+    pub mtc_freq: Option<u8>,
+    /// TSC ticks per crystal-clock (CTC) tick: CPUID 0x15's ratio, written as tsc_ctc_ratio_n / d with
+    /// d = 2.
+    pub tsc_per_ctc: u64,
     /// Most outcomes held before a TNT packet is written (6 gives short TNTs only; at most 47).
     pub tnt_capacity: u8,
     /// For tests: invert this TNT outcome (counted from 0), so the trace no longer matches the program.
     pub flip_tnt: Option<u64>,
     /// Simulate a buffer overflow: packets are lost, then OVF and a FUP resume the trace.
     pub overflow: Option<Overflow>,
+    /// perf reads the AUX area each time about this many bytes have been written (0: once, at the end):
+    /// the encoder ends a buffer at the first packet boundary past that, noting the TSC
+    /// ([`Encoded::splits`]).
+    pub aux_split: usize,
 }
 
 /// A simulated internal buffer overflow: the packets of `lost` instructions from instruction number
@@ -50,10 +65,21 @@ impl Default for Config {
             tsc_start: 0x1_0000_0000,
             kernel_ticks: 500,
             cbr: 0x20,
+            max_nonturbo_ratio: 24,
+            mtc_freq: Some(3),
+            tsc_per_ctc: 100,
             tnt_capacity: 47,
             flip_tnt: None,
             overflow: None,
+            aux_split: 0,
         }
+    }
+}
+
+impl Config {
+    /// The TSC after `cycles` core cycles.
+    pub fn tsc_at(&self, cycles: u64) -> u64 {
+        self.tsc_start + cycles * u64::from(self.max_nonturbo_ratio) / u64::from(self.cbr.max(1))
     }
 }
 
@@ -71,6 +97,24 @@ pub struct Encoded {
     pub lost: Vec<usize>,
     /// Packet counts, for reports and tests.
     pub stats: Stats,
+    /// (byte offset, TSC): where each AUX buffer but the last ends (a packet boundary), and when.
+    pub splits: Vec<(usize, u64)>,
+}
+
+impl Encoded {
+    /// The AUX buffers perf would have read: (start, end, TSC when read), covering the whole trace.
+    pub fn buffers(&self) -> Vec<(usize, usize, u64)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &(at, tsc) in &self.splits {
+            if at > start && at < self.bytes.len() {
+                out.push((start, at, tsc));
+                start = at;
+            }
+        }
+        out.push((start, self.bytes.len(), self.end_tsc));
+        out
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +128,7 @@ pub struct Stats {
     pub pgd: u64,
     pub fups: u64,
     pub overflows: u64,
+    pub mtcs: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -97,6 +142,7 @@ impl std::ops::AddAssign for Stats {
         self.pgd += o.pgd;
         self.fups += o.fups;
         self.overflows += o.overflows;
+        self.mtcs += o.mtcs;
     }
 }
 
@@ -104,7 +150,7 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP, {} OVF",
+            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP, {} OVF, {} MTC",
             self.psbs,
             self.tnt_short,
             self.tnt_long,
@@ -113,7 +159,8 @@ impl std::fmt::Display for Stats {
             self.pge,
             self.pgd,
             self.fups,
-            self.overflows
+            self.overflows,
+            self.mtcs
         )
     }
 }
@@ -129,8 +176,9 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
     let mut unresolved = Vec::new();
     enc.psb_plus(None);
     for (i, event) in events.iter().enumerate() {
+        enc.mark_split();
         match event {
-            Event::Map(_) => map_times.push((i, enc.clock)),
+            Event::Map(_) => map_times.push((i, cfg.tsc_at(enc.clock))),
             Event::Interrupt { at } => enc.interrupt(*at),
             Event::Insn { ip, insn } => {
                 let next = events[i + 1..].iter().find_map(|e| match e {
@@ -156,11 +204,12 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
     enc.flush_tnt();
     Encoded {
         start_tsc: cfg.tsc_start,
-        end_tsc: enc.clock,
+        end_tsc: cfg.tsc_at(enc.clock),
         bytes: enc.out,
         map_times,
         lost,
         stats: enc.stats,
+        splits: enc.splits,
     }
 }
 
@@ -177,7 +226,10 @@ struct Encoder<'a> {
     returns: VecDeque<u64>,
     /// PacketEn: user code is running and being traced.
     enabled: bool,
+    /// Core cycles since the start.
     clock: u64,
+    /// The CTC period (CTC >> mtc_freq) of the last MTC or TMA.
+    mtc_period: u64,
     last_psb: usize,
     stats: Stats,
     /// Instructions seen so far.
@@ -189,6 +241,8 @@ struct Encoder<'a> {
     produced_packet: bool,
     /// The caller sets the clock before each instruction (per-CPU streams of a timeline).
     external_clock: bool,
+    /// See [`Encoded::splits`].
+    splits: Vec<(usize, u64)>,
 }
 
 impl<'a> Encoder<'a> {
@@ -202,7 +256,8 @@ impl<'a> Encoder<'a> {
             tnt_seen: 0,
             returns: VecDeque::new(),
             enabled: false,
-            clock: cfg.tsc_start,
+            clock: 0,
+            mtc_period: 0,
             last_psb: 0,
             stats: Stats::default(),
             executed: 0,
@@ -210,6 +265,23 @@ impl<'a> Encoder<'a> {
             overflowed: false,
             produced_packet: false,
             external_clock: false,
+            splits: Vec::new(),
+        }
+    }
+
+    /// Ends an AUX buffer here, between packets, if the current one holds `aux_split` bytes or more.
+    /// (perf 6.1 on 64-bit does not join a packet split across two AUXTRACE buffers: it reports "Bad
+    /// packet". The hardware never splits one either: the driver stops tracing before it publishes the
+    /// AUX head.)
+    fn mark_split(&mut self) {
+        let step = self.cfg.aux_split;
+        if step == 0 {
+            return;
+        }
+        let last = self.splits.last().map_or(0, |s| s.0);
+        if self.out.len() >= last + step {
+            let tsc = self.cfg.tsc_at(self.clock);
+            self.splits.push((self.out.len(), tsc));
         }
     }
 
@@ -235,6 +307,8 @@ impl<'a> Encoder<'a> {
             self.ip_packet(TIP_PGE, ip);
             self.stats.pge += 1;
             self.enabled = true;
+        } else {
+            self.mtc();
         }
         self.advance(1);
         let fallthrough = ip + u64::from(len);
@@ -403,9 +477,34 @@ impl<'a> Encoder<'a> {
         self.out.extend_from_slice(&[0x99, 0x01]);
     }
 
+    /// TSC, and TMA when MTC is on (perf forgets its CTC reference at every TSC).
     fn tsc(&mut self) {
+        let tsc = self.cfg.tsc_at(self.clock);
         self.out.push(0x19);
-        self.out.extend_from_slice(&self.clock.to_le_bytes()[..7]);
+        self.out.extend_from_slice(&tsc.to_le_bytes()[..7]);
+        if let Some(freq) = self.cfg.mtc_freq {
+            let ctc = tsc / self.cfg.tsc_per_ctc;
+            // The fast counter: TSC ticks since the CTC tick (perf subtracts it from the TSC).
+            let fc = (tsc % self.cfg.tsc_per_ctc) as u16;
+            self.out.extend_from_slice(&[0x02, 0x73]);
+            self.out.extend_from_slice(&(ctc as u16).to_le_bytes());
+            self.out
+                .extend_from_slice(&[0, fc as u8, (fc >> 8) as u8 & 1]);
+            self.mtc_period = ctc >> freq;
+        }
+    }
+
+    /// An MTC if the crystal clock crossed a 2^mtc_freq boundary since the last MTC or TMA.
+    fn mtc(&mut self) {
+        let Some(freq) = self.cfg.mtc_freq else {
+            return;
+        };
+        let period = (self.cfg.tsc_at(self.clock) / self.cfg.tsc_per_ctc) >> freq;
+        if period > self.mtc_period {
+            self.out.extend_from_slice(&[0x59, period as u8]);
+            self.mtc_period = period;
+            self.stats.mtcs += 1;
+        }
     }
 
     /// PSB+: the full state a decoder needs to start here. `at` is the next instruction when tracing is
@@ -432,7 +531,7 @@ impl<'a> Encoder<'a> {
 
 /// Writes one Intel PT stream per CPU for a timeline of several tasks (see [`crate::sched`]): each
 /// CPU's stream has the packets of the instructions its tasks ran there, timed by the timeline's ticks
-/// (TSC = `tsc_start` + tick).
+/// (a tick is a core cycle: see [`Config::tsc_at`]).
 pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
     // For each instruction, the task's next IP (its next instruction, or where an interrupt left it).
     let mut next_of = vec![None; timeline.events.len()];
@@ -462,7 +561,8 @@ pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
         .collect();
     for (i, e) in timeline.events.iter().enumerate() {
         let enc = &mut encoders[e.cpu as usize];
-        enc.clock = cfg.tsc_start + e.tick;
+        enc.mark_split();
+        enc.clock = e.tick;
         match e.what {
             What::Insn { ip, insn } => {
                 enc.instruction(ip, insn.len, insn.kind, next_of[i]);
@@ -480,9 +580,10 @@ pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
                 bytes: enc.out,
                 map_times: Vec::new(),
                 start_tsc: cfg.tsc_start,
-                end_tsc: cfg.tsc_start + timeline.end,
+                end_tsc: cfg.tsc_at(timeline.end),
                 lost: Vec::new(),
                 stats: enc.stats,
+                splits: enc.splits,
             }
         })
         .collect()
@@ -510,9 +611,12 @@ mod tests {
     }
 
     fn cfg() -> Config {
+        // One TSC tick per cycle, no MTC: the packets below stay short.
         Config {
             tsc_start: 0x10,
             psb_period: 1 << 20,
+            cbr: 24,
+            mtc_freq: None,
             ..Config::default()
         }
     }
@@ -520,7 +624,7 @@ mod tests {
     const PSB_PLUS: [u8; 30] = [
         0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02, 0x82, 0x02,
         0x82, 0x19, 0x10, 0, 0, 0, 0, 0, 0, // TSC
-        0x02, 0x03, 0x20, 0x00, // CBR
+        0x02, 0x03, 24, 0x00, // CBR
         0x02, 0x23, // PSBEND
     ];
 
@@ -595,6 +699,45 @@ mod tests {
         assert_eq!(&body[3..10], &[0x7d, 0x0a, 0x10, 0, 0, 0, 0]); // FUP, 6-byte IP 0x100a
         assert_eq!(body[10], 0b0001_0000); // N N N for instructions 5..7
         assert_eq!(body[11], 0x01); // TIP.PGD at the exit
+    }
+
+    #[test]
+    fn aux_buffers_end_between_packets() {
+        let mut c = cfg();
+        c.aux_split = 16;
+        let events: Vec<Event> = (0..40)
+            .map(|i| insn(0x1000 + 0x10000 * i, 2, Kind::IndirectJump))
+            .collect();
+        let e = encode(&events, &c);
+        let buffers = e.buffers();
+        assert!(buffers.len() > 5, "{buffers:?}");
+        assert_eq!(buffers[0].0, 0);
+        assert_eq!(buffers.last().unwrap().1, e.bytes.len());
+        for w in buffers.windows(2) {
+            assert_eq!(w[0].1, w[1].0);
+            assert!(w[0].2 <= w[1].2, "read times go forward");
+            // Each buffer ends after a whole TIP (5 bytes: opcode and 4-byte IP) or the PSB+.
+            assert!(w[0].1 - w[0].0 >= 16);
+        }
+    }
+
+    #[test]
+    fn mtc_and_tma_follow_the_model_clock() {
+        let mut c = cfg();
+        c.mtc_freq = Some(0);
+        c.tsc_per_ctc = 4;
+        let events: Vec<Event> = (0..10)
+            .map(|i| insn(0x1000 + 2 * i, 2, Kind::Other))
+            .chain([insn(0x1014, 2, Kind::Syscall)])
+            .collect();
+        let e = encode(&events, &c);
+        // TSC 0x10: CTC 4, fast counter 0.
+        let tma = [0x02, 0x73, 4, 0, 0, 0, 0];
+        assert_eq!(&e.bytes[24..31], &tma);
+        // One MTC per CTC tick (every 4 cycles) while tracing: CTC 5 and 6.
+        assert_eq!(e.stats.mtcs, 2);
+        let body = &e.bytes[e.bytes.len() - 5..];
+        assert_eq!(body, &[0x59, 5, 0x59, 6, 0x01]);
     }
 
     #[test]

@@ -41,6 +41,13 @@ enum Command {
         /// Most TNT outcomes per packet (6: short TNTs only; up to 47).
         #[arg(long, default_value_t = 47)]
         tnt_capacity: u8,
+        /// Split each CPU's trace into AUXTRACE buffers of this many bytes (perf's AUX-area reads);
+        /// 0: one buffer.
+        #[arg(long, value_name = "BYTES", default_value_t = 0)]
+        aux_split: usize,
+        /// No MTC (and TMA) timing packets: TSC only.
+        #[arg(long)]
+        no_mtc: bool,
         /// Make perf decode without timestamps (cap_user_time_zero 0).
         #[arg(long)]
         timeless: bool,
@@ -88,6 +95,8 @@ fn main() -> anyhow::Result<()> {
             no_retcomp,
             psb_period,
             tnt_capacity,
+            aux_split,
+            no_mtc,
             timeless,
             aslr,
             max_insns,
@@ -103,6 +112,8 @@ fn main() -> anyhow::Result<()> {
                     psb_period,
                     return_compression: !no_retcomp,
                     tnt_capacity,
+                    mtc_freq: if no_mtc { None } else { Some(3) },
+                    aux_split,
                     flip_tnt: corrupt_tnt,
                     overflow: overflow_at.map(|at| encode::Overflow {
                         at,

@@ -70,6 +70,8 @@ pub struct Recording {
     pub switches: usize,
     /// Bytes of Intel PT trace (all CPUs).
     pub trace_bytes: usize,
+    /// AUXTRACE buffers written (all CPUs).
+    pub buffers: usize,
     /// Packet counts (all CPUs).
     pub stats: Stats,
     /// Indices of the events whose instructions were lost to a simulated overflow.
@@ -93,9 +95,10 @@ impl std::fmt::Display for Recording {
         }
         write!(
             f,
-            ", exit code {}; {} bytes of trace ({}); {} binaries in the build-id cache",
+            ", exit code {}; {} bytes of trace in {} AUXTRACE buffer(s) ({}); {} binaries in the build-id cache",
             self.exit_code,
             self.trace_bytes,
+            self.buffers,
             self.stats,
             self.binaries.len()
         )
@@ -223,9 +226,11 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     if !itrace_started {
         pd.itrace_start(pid, pid, &sid(encoded.start_tsc));
     }
-    let size = encoded.bytes.len() as u64;
-    pd.aux(0, size, 0, &sid(encoded.end_tsc));
-    pd.auxtrace(&encoded.bytes, 0, encoded.end_tsc, 0, pid, -1);
+    for (start, end, tsc) in encoded.buffers() {
+        let (offset, size) = (start as u64, (end - start) as u64);
+        pd.aux(offset, size, 0, &sid(tsc));
+        pd.auxtrace(&encoded.bytes[start..end], offset, tsc, 0, pid, -1);
+    }
     pd.task(true, pid, pid, pid, pid, &sid(encoded.end_tsc));
 
     let maps: Vec<&Mapping> = execution
@@ -262,6 +267,7 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
         cpus: None,
         switches: 0,
         trace_bytes: encoded.bytes.len(),
+        buffers: encoded.buffers().len(),
         stats: encoded.stats,
         lost: encoded.lost,
         binaries,
@@ -318,7 +324,7 @@ pub fn write_per_cpu(
     let sid = |task: (i32, i32), tick: u64, cpu: u32| SampleId {
         pid: task.0,
         tid: task.1,
-        time: tc.perf_time(cfg.tsc_start + tick),
+        time: tc.perf_time(cfg.tsc_at(tick)),
         cpu,
         id: u64::from(cpu) + 1,
     };
@@ -339,11 +345,22 @@ pub fn write_per_cpu(
     }
     let mut stats = Stats::default();
     let mut trace_bytes = 0;
+    let mut buffers = 0;
     for (cpu, stream) in streams.iter().enumerate() {
+        buffers += stream.buffers().len();
         let cpu = cpu as u32;
-        let s = sid((-1, -1), timeline.end, cpu);
-        pd.aux(0, stream.bytes.len() as u64, 0, &s);
-        pd.auxtrace(&stream.bytes, 0, stream.end_tsc, cpu, -1, cpu as i32);
+        for (start, end, tsc) in stream.buffers() {
+            let (offset, size) = (start as u64, (end - start) as u64);
+            let s = SampleId {
+                pid: -1,
+                tid: -1,
+                time: tc.perf_time(tsc),
+                cpu,
+                id: u64::from(cpu) + 1,
+            };
+            pd.aux(offset, size, 0, &s);
+            pd.auxtrace(&stream.bytes[start..end], offset, tsc, cpu, -1, cpu as i32);
+        }
         stats += stream.stats;
         trace_bytes += stream.bytes.len();
     }
@@ -378,21 +395,27 @@ pub fn write_per_cpu(
         cpus: Some(timeline.cpus),
         switches: timeline.switches(),
         trace_bytes,
+        buffers,
         stats,
         lost: Vec::new(),
         binaries,
     })
 }
 
-/// The intel_pt config perf would use for `intel_pt//u`: pt, tsc, branch, psb_period=3, and noretcomp
-/// when return compression is off. No MTC or CYC: the trace has none.
+/// The intel_pt config perf would use for `intel_pt//u`: pt, tsc, branch, psb_period=3, mtc with its
+/// mtc_period when the trace has MTC, and noretcomp when return compression is off. No CYC.
 fn pt_config(cfg: &encode::Config) -> u64 {
     let mut c = 1 | PT_TSC_BIT | (1 << 13) | (3 << 24);
     if !cfg.return_compression {
         c |= PT_NORETCOMP_BIT;
     }
+    if let Some(freq) = cfg.mtc_freq {
+        c |= PT_MTC_BIT | (u64::from(freq) << PT_MTC_FREQ_SHIFT);
+    }
     c
 }
+
+const PT_MTC_FREQ_SHIFT: u64 = 14;
 
 const PT_TSC_BIT: u64 = 1 << 10;
 const PT_NORETCOMP_BIT: u64 = 1 << 11;
@@ -413,12 +436,12 @@ fn auxtrace_priv(tc: &TimeConv, opts: &Options, pmu_type: u32) -> Vec<u64> {
         0, // snapshot_mode
         0, // per_cpu_mmaps
         PT_MTC_BIT,
-        0xf << 14, // mtc_freq_bits
-        2,         // tsc_ctc_ratio_n
-        1,         // tsc_ctc_ratio_d
+        0xf << PT_MTC_FREQ_SHIFT,    // mtc_freq_bits
+        2 * opts.encode.tsc_per_ctc, // tsc_ctc_ratio_n
+        2,                           // tsc_ctc_ratio_d
         PT_CYC_BIT,
-        24, // max_nonturbo_ratio
-        0,  // filter_str_len
+        u64::from(opts.encode.max_nonturbo_ratio),
+        0, // filter_str_len
     ]
 }
 

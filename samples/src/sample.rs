@@ -13,7 +13,7 @@ use crate::recording::{self, RecordError, Recording, GROUND_TRUTH};
 
 pub const SOURCE: &str = "prog.c";
 /// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`, `per_cpu`,
-/// `quantum`), `#` comments.
+/// `quantum`, `aux_split`), `#` comments.
 pub const OPTIONS: &str = "synth-options";
 pub const REFERENCE: &str = "perf-script-be.txt.zst";
 
@@ -150,6 +150,7 @@ pub fn options(
             "overflow_lost" => overflow.lost = value,
             "per_cpu" => opts.per_cpu = Some(u32::try_from(value).map_err(|_| bad())?),
             "quantum" => opts.quantum = value,
+            "aux_split" => opts.encode.aux_split = usize::try_from(value).map_err(|_| bad())?,
             _ => return Err(bad()),
         }
     }

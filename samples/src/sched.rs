@@ -777,12 +777,14 @@ fn try_wait(tid: i32, patience: u32) -> Result<Option<i32>, TraceError> {
     Ok(None)
 }
 
-/// The next stop or exit of any traced task.
+/// The next stop or exit of any task this thread traces.
 fn wait_any() -> Result<(i32, i32), TraceError> {
     let mut status = 0;
     loop {
+        // __WNOTHREAD: only this thread's tracees. Without it, waitpid(-1) also reaps the stops of
+        // tasks traced by other threads of this process (tests run in parallel threads).
         // SAFETY: waitpid writes the status into a local.
-        let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::__WNOTHREAD) };
         if r > 0 {
             return Ok((r, status));
         }

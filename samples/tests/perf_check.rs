@@ -247,3 +247,111 @@ fn bad_programs_give_clear_errors() {
     assert!(stderr.contains("killed by signal 11"), "{stderr}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn threads_regenerated_per_cpu_decode_thread_by_thread() {
+    if !tools_or_skip(
+        "threads_regenerated_per_cpu_decode_thread_by_thread",
+        &["perf", "gcc"],
+    ) {
+        return;
+    }
+    let work = scratch("threads-work");
+    let out = scratch("threads-out");
+    let src = samples_root().join("threads");
+    // regenerate() fails unless every thread's flow equals its ground truth with no decoder errors.
+    let (rec, verdict) =
+        sample::regenerate(&src, &work, &out, &recording::Options::default()).unwrap();
+    assert!(verdict.is_exact(), "{verdict}");
+    assert_eq!(rec.cpus, Some(2), "{rec}");
+    assert_eq!(rec.tasks, 4, "main and three workers: {rec}");
+    assert!(rec.switches >= 8, "{rec}");
+    assert!(rec.stats.fups >= 2, "preemptions: {rec}");
+    // synth-options splits each CPU's trace into several AUXTRACE buffers.
+    assert!(rec.buffers >= 4, "{rec}");
+    // perf saw four threads, each on the CPUs the scheduler put it on.
+    let tids = check::perf_script(&out, &["--itrace=i1i", "-F", "tid,cpu"]).unwrap();
+    let mut seen: Vec<&str> = tids.lines().map(str::trim).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let threads: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let cpus: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(threads.len(), 4, "{seen:?}");
+    assert_eq!(cpus.len(), 2, "{seen:?}");
+    // Every switch is in perf's sideband, with the preempted ones flagged.
+    let switches = check::perf_script(&out, &["--itrace=e", "--show-switch-events"]).unwrap();
+    assert!(switches.contains("OUT preempt"), "{switches}");
+    // Timing from TSC, TMA and MTC: no errors (checked above), and on each CPU times never go back
+    // and do advance.
+    assert!(rec.stats.mtcs > 100, "{rec}");
+    let times = check::perf_script(&out, &["--itrace=i1i", "-F", "cpu,time", "--ns"]).unwrap();
+    let mut last: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for line in times.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(cpu), Some(t)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let t: f64 = t.trim_end_matches(':').parse().unwrap();
+        let e = last.entry(cpu.to_string()).or_insert((t, 0));
+        assert!(t >= e.0, "time goes back on {cpu}: {t} after {}", e.0);
+        if t > e.0 {
+            e.1 += 1;
+        }
+        e.0 = t;
+    }
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(last.values().all(|&(_, steps)| steps > 50), "{last:?}");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn shell_fork_exec_cat_per_cpu_decodes_exactly() {
+    if !tools_or_skip(
+        "shell_fork_exec_cat_per_cpu_decodes_exactly",
+        &["perf", "sh", "cat"],
+    ) {
+        return;
+    }
+    let work = scratch("sh-cat");
+    let file = work.join("in.txt");
+    std::fs::write(&file, "ptlens\n").unwrap();
+    let out = work.join("rec");
+    let opts = recording::Options {
+        per_cpu: Some(2),
+        encode: encode::Config {
+            aux_split: 4096,
+            ..encode::Config::default()
+        },
+        ..recording::Options::default()
+    };
+    // dash forks for `cat`, which execs; the shell waits for it, then runs its builtin `echo`.
+    let script = format!("cat {}; echo done", file.display());
+    let rec = recording::record("/bin/sh", &["-c".into(), script], &out, &opts).unwrap();
+    assert_eq!(rec.tasks, 2, "the shell and its child: {rec}");
+    assert!(rec.buffers >= 8, "AUX buffers of about 4 KiB: {rec}");
+    assert!(
+        rec.binaries.iter().any(|(p, _)| p.ends_with("/cat")),
+        "{:?}",
+        rec.binaries
+    );
+    let verdict = check::check(&out).unwrap();
+    assert!(verdict.is_exact(), "{verdict}");
+    // perf saw the exec: the child's samples are named after cat.
+    let comms = check::perf_script(&out, &["--itrace=i1i", "-F", "comm,tid"]).unwrap();
+    assert!(
+        comms.lines().any(|l| l.trim_start().starts_with("cat ")),
+        "no cat samples"
+    );
+    assert!(
+        comms.lines().any(|l| l.trim_start().starts_with("sh ")),
+        "no sh samples"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
