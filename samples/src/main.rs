@@ -106,6 +106,16 @@ fn main() -> anyhow::Result<()> {
             check,
             program,
         } => {
+            if per_cpu.is_some() {
+                anyhow::ensure!(
+                    overflow_at.is_none(),
+                    "--overflow-at is not supported with --per-cpu yet"
+                );
+                anyhow::ensure!(
+                    !timeless,
+                    "--timeless cannot go with --per-cpu: perf needs timestamps to follow the context switches"
+                );
+            }
             let opts = recording::Options {
                 trace: trace::Options { aslr, max_insns },
                 encode: encode::Config {
