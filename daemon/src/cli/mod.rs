@@ -1,5 +1,6 @@
 //! Subcommands of the `ptlens` binary. Each one is a thin layer over the library.
 
+mod decode;
 mod dump;
 mod dump_file;
 mod dump_pt;
@@ -16,12 +17,16 @@ pub enum Command {
     /// Print a perf.data file's records and its Intel PT packets, as `perf script -D` does;
     /// or, with --pt, the packets of a raw Intel PT byte stream.
     Dump(dump::DumpArgs),
+    /// Print the instruction flow of a raw Intel PT trace over raw code images, as libipt's
+    /// `ptxed --no-inst` prints it.
+    Decode(decode::DecodeArgs),
 }
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Dump(args) => args.run(),
+            Command::Decode(args) => args.run(),
         }
     }
 }

@@ -1,0 +1,999 @@
+//! The block decoder: walks code from event to event, consuming TNT and TIP in code order.
+//!
+//! One [`BlockDecoder::next_block`] call proceeds from the current IP to the next instruction
+//! that needs trace (or to the location an event binds to) and returns the [`Block`] it walked;
+//! [`BlockDecoder::event`] hands out the event that is due there. The status flags tell which
+//! to call, as in libipt's block decoder, whose semantics (event binding, deferred TIPs, return
+//! compression, resynchronisation) this follows.
+
+use super::events::{Event, EventConfig, EventDecoder, EventKind};
+use super::image::{Context, Image};
+use super::insn::{Cache, ExecMode, Insn, InsnClass, InsnKind};
+use super::ErrorKind;
+
+/// What the caller should do next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status(u8);
+
+impl Status {
+    const EVENT_PENDING: u8 = 1;
+    const IP_SUPPRESSED: u8 = 2;
+    const EOS: u8 = 4;
+
+    /// Only [`Status::event_pending`] set.
+    pub fn pending() -> Self {
+        Status(Self::EVENT_PENDING)
+    }
+
+    /// An event is due: call [`BlockDecoder::event`].
+    pub fn event_pending(self) -> bool {
+        self.0 & Self::EVENT_PENDING != 0
+    }
+    /// Tracing is disabled: there is no current IP.
+    pub fn ip_suppressed(self) -> bool {
+        self.0 & Self::IP_SUPPRESSED != 0
+    }
+    /// The trace has ended; blocks may still be decoded until trace is needed.
+    pub fn eos(self) -> bool {
+        self.0 & Self::EOS != 0
+    }
+}
+
+/// A run of instructions executed in sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Block {
+    /// The first instruction's IP.
+    pub ip: u64,
+    /// The last instruction's IP.
+    pub end_ip: u64,
+    /// How many instructions (0: an empty block).
+    pub ninsn: u32,
+    pub mode: ExecMode,
+    /// Executed inside a transaction (TSX).
+    pub speculative: bool,
+    /// The last instruction.
+    pub last: Option<Insn>,
+    /// The address space the block ran in.
+    pub ctx: Context,
+}
+
+/// Options of the block decoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockConfig {
+    pub events: EventConfig,
+    /// End a block after each near call.
+    pub end_on_call: bool,
+    /// End a block after each near jump.
+    pub end_on_jump: bool,
+}
+
+/// Most instructions in one block (libipt counts them in 16 bits).
+const BLOCK_MAX_INSNS: u32 = u16::MAX as u32;
+
+/// Instructions decoded without consuming an event before the decoder gives up: without trace
+/// only a cycle of direct jumps runs this long, and it never reaches the next event.
+const MAX_STEPS_WITHOUT_EVENT: u64 = 1 << 20;
+
+/// The return stack for compressed returns: 64 entries, the oldest overwritten when full.
+#[derive(Debug, Clone, Copy)]
+struct ReturnStack {
+    stack: [u64; 65],
+    top: usize,
+    bottom: usize,
+}
+
+impl ReturnStack {
+    fn new() -> Self {
+        ReturnStack {
+            stack: [0; 65],
+            top: 0,
+            bottom: 0,
+        }
+    }
+
+    fn push(&mut self, ip: u64) {
+        self.stack[self.top] = ip;
+        self.top = (self.top + 1) % self.stack.len();
+        if self.top == self.bottom {
+            self.bottom = (self.bottom + 1) % self.stack.len();
+        }
+    }
+
+    fn pop(&mut self) -> Result<u64, ErrorKind> {
+        if self.top == self.bottom {
+            return Err(ErrorKind::RetstackEmpty);
+        }
+        self.top = (self.top + self.stack.len() - 1) % self.stack.len();
+        Ok(self.stack[self.top])
+    }
+}
+
+/// Decodes the instruction flow of one trace buffer over an [`Image`].
+pub struct BlockDecoder<'a> {
+    image: &'a dyn Image,
+    evdec: EventDecoder<'a>,
+    config: BlockConfig,
+    /// The event due next, or the error that ended the event stream.
+    event: Result<Event, ErrorKind>,
+    ip: u64,
+    enabled: bool,
+    speculative: bool,
+    mode: ExecMode,
+    ctx: Context,
+    retstack: ReturnStack,
+    tsc: Option<u64>,
+    cbr: Option<u8>,
+    /// An instruction an event was bound to, to be stepped over after the event.
+    postponed: Option<Insn>,
+    bound_paging: bool,
+    bound_vmcs: bool,
+    bound_ptwrite: bool,
+    steps: u64,
+    cache: Cache,
+}
+
+impl<'a> BlockDecoder<'a> {
+    pub fn new(trace: &'a [u8], image: &'a dyn Image, config: BlockConfig) -> Self {
+        BlockDecoder {
+            image,
+            evdec: EventDecoder::new(trace, config.events),
+            config,
+            event: Err(ErrorKind::Nosync),
+            ip: 0,
+            enabled: false,
+            speculative: false,
+            mode: ExecMode::Unknown,
+            ctx: Context::default(),
+            retstack: ReturnStack::new(),
+            tsc: None,
+            cbr: None,
+            postponed: None,
+            bound_paging: false,
+            bound_vmcs: false,
+            bound_ptwrite: false,
+            steps: 0,
+            cache: Cache::default(),
+        }
+    }
+
+    /// Uses `cache` (for example one kept from an earlier decoder over the same image).
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Gives the decode cache back.
+    pub fn into_cache(self) -> Cache {
+        self.cache
+    }
+
+    /// Sets the caller-defined address-space id of the context code is read in.
+    pub fn set_space(&mut self, space: u64) {
+        self.ctx.space = space;
+    }
+
+    /// The trace offset of the next packet to be processed (where errors are reported).
+    pub fn offset(&self) -> usize {
+        self.evdec.offset()
+    }
+
+    /// The offset of the PSB the decoder last synchronised at.
+    pub fn sync_offset(&self) -> Option<usize> {
+        self.evdec.sync_offset()
+    }
+
+    /// The current IP (the next instruction to execute, when tracing is enabled).
+    pub fn ip(&self) -> u64 {
+        self.ip
+    }
+
+    pub fn mode(&self) -> ExecMode {
+        self.mode
+    }
+
+    pub fn context(&self) -> Context {
+        self.ctx
+    }
+
+    /// The TSC of the last event handed out.
+    pub fn tsc(&self) -> Option<u64> {
+        self.tsc
+    }
+
+    /// The last core:bus ratio.
+    pub fn cbr(&self) -> Option<u8> {
+        self.cbr
+    }
+
+    /// The instruction at `ip` in mode `mode` and the current context, from the cache.
+    pub fn insn(&mut self, mode: ExecMode, ip: u64) -> Result<Insn, ErrorKind> {
+        let ctx = self.ctx;
+        self.cache.insn(self.image, &ctx, mode, ip)
+    }
+
+    /// The instruction at `ip` in `block`'s mode and context.
+    pub fn block_insn(&mut self, block: &Block, ip: u64) -> Result<Insn, ErrorKind> {
+        self.cache.insn(self.image, &block.ctx, block.mode, ip)
+    }
+
+    fn reset(&mut self) {
+        self.event = Err(ErrorKind::Nosync);
+        self.ip = 0;
+        self.enabled = false;
+        self.speculative = false;
+        self.mode = ExecMode::Unknown;
+        self.ctx = Context {
+            space: self.ctx.space,
+            ..Context::default()
+        };
+        self.retstack = ReturnStack::new();
+        self.tsc = None;
+        self.cbr = None;
+        self.steps = 0;
+        self.clear_postponed();
+    }
+
+    fn status(&self, mut flags: u8) -> Status {
+        if !self.enabled {
+            flags |= Status::IP_SUPPRESSED;
+        }
+        if self.event == Err(ErrorKind::Eos) {
+            flags |= Status::EOS;
+        }
+        Status(flags)
+    }
+
+    /// Synchronises at the next PSB (the first, on the first call).
+    pub fn sync_forward(&mut self) -> Result<Status, ErrorKind> {
+        self.reset();
+        self.evdec.sync_forward()?;
+        self.start()
+    }
+
+    /// Synchronises at the PSB at `offset`.
+    pub fn sync_set(&mut self, offset: usize) -> Result<Status, ErrorKind> {
+        self.reset();
+        self.evdec.sync_set(offset)?;
+        self.start()
+    }
+
+    fn start(&mut self) -> Result<Status, ErrorKind> {
+        // Read the status updates of the PSB+ ahead, on a copy, to know whether tracing is
+        // enabled and where; the caller still gets the same events in order.
+        let mut ahead = self.evdec.clone();
+        while ahead.position() == self.evdec.position() {
+            match ahead.next_event() {
+                Err(ErrorKind::Eos) => break,
+                Err(error) => return Err(error),
+                Ok(event) if !event.status_update => break,
+                Ok(Event {
+                    kind: EventKind::Enabled { ip, .. },
+                    ..
+                }) => {
+                    self.enabled = true;
+                    self.ip = ip.unwrap_or(0);
+                    break;
+                }
+                Ok(_) => {}
+            }
+        }
+        self.event = self.evdec.next_event();
+        self.proceed_trailing_event(None)
+    }
+
+    fn fetch_event(&mut self) {
+        if let Ok(event) = &self.event {
+            self.tsc = event.tsc.or(self.tsc);
+        }
+        self.steps = 0;
+        self.event = self.evdec.next_event();
+    }
+
+    /// Decodes the next block into `block`. Even on error, `block` holds what was decoded.
+    pub fn next_block(&mut self, block: &mut Block) -> Result<Status, ErrorKind> {
+        *block = Block {
+            ip: self.ip,
+            mode: self.mode,
+            speculative: self.speculative,
+            ctx: self.ctx,
+            ..Block::default()
+        };
+        self.proceed(block)
+    }
+
+    fn proceed(&mut self, block: &mut Block) -> Result<Status, ErrorKind> {
+        let event = match self.event {
+            Err(ErrorKind::Eos) => {
+                // Out of trace: go on while no trace is needed, so adjacent segments stitch.
+                if !self.enabled {
+                    return Err(ErrorKind::Eos);
+                }
+                self.proceed_no_event(block)?;
+                return Ok(self.status(Status::EOS));
+            }
+            Err(error) => return Err(error),
+            Ok(event) => event,
+        };
+        match event.kind {
+            EventKind::Tnt { .. } | EventKind::Tip { .. } => {
+                if !self.enabled {
+                    return Err(ErrorKind::NoEnable);
+                }
+                self.proceed_no_event(block)?;
+                self.proceed_trailing_event(Some(block))
+            }
+            _ => self.proceed_event(block, event),
+        }
+    }
+
+    fn count_step(&mut self, count: u32) -> Result<(), ErrorKind> {
+        self.steps += u64::from(count);
+        if self.steps > MAX_STEPS_WITHOUT_EVENT {
+            return Err(ErrorKind::NoProgress);
+        }
+        Ok(())
+    }
+
+    /// Decodes the instruction at the current IP into `block`; `None` when the block is full.
+    fn one_insn(&mut self, block: &mut Block) -> Result<Option<Insn>, ErrorKind> {
+        if block.ninsn >= BLOCK_MAX_INSNS {
+            return Ok(None);
+        }
+        self.count_step(1)?;
+        let ctx = self.ctx;
+        let insn = self.cache.insn(self.image, &ctx, self.mode, self.ip)?;
+        if insn.pushes_return() {
+            self.retstack.push(insn.next_ip());
+        }
+        block.last = Some(insn);
+        block.end_ip = insn.ip;
+        block.ninsn += 1;
+        Ok(Some(insn))
+    }
+
+    fn ends_block(&self, insn: &Insn) -> bool {
+        (self.config.end_on_call && insn.class == InsnClass::Call)
+            || (self.config.end_on_jump && insn.class == InsnClass::Jump)
+    }
+
+    /// Walks without trace to the first instruction satisfying `pred` (returned, not stepped
+    /// over). `None`: the block ended first. `Err(BadQuery)`: trace is needed first.
+    fn proceed_to_insn(
+        &mut self,
+        block: &mut Block,
+        pred: fn(&Insn) -> bool,
+    ) -> Result<Option<Insn>, ErrorKind> {
+        loop {
+            let Some(insn) = self.one_insn(block)? else {
+                return Ok(None);
+            };
+            if pred(&insn) {
+                return Ok(Some(insn));
+            }
+            self.ip = insn.next_ip_without_trace()?;
+            if self.ends_block(&insn) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Walks without trace until the current IP is `ip`; false when the block ended first.
+    fn proceed_to_ip(&mut self, block: &mut Block, ip: u64) -> Result<bool, ErrorKind> {
+        loop {
+            if self.ip == ip {
+                return Ok(true);
+            }
+            let Some(insn) = self.one_insn(block)? else {
+                return Ok(false);
+            };
+            self.ip = insn.next_ip_without_trace()?;
+            if self.ends_block(&insn) {
+                return Ok(self.ip == ip);
+            }
+        }
+    }
+
+    /// Walks to the next instruction that needs trace and applies the trace to it.
+    fn proceed_no_event(&mut self, block: &mut Block) -> Result<(), ErrorKind> {
+        if !self.config.end_on_call && !self.config.end_on_jump && self.proceed_cached(block)? {
+            return Ok(());
+        }
+        match self.proceed_to_insn(block, |_| false) {
+            Ok(_) => Ok(()),
+            Err(ErrorKind::BadQuery) => {
+                let insn = block.last.ok_or(ErrorKind::Internal)?;
+                self.proceed_with_trace(&insn)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The cached path of [`Self::proceed_no_event`]; false when the run is not cacheable or
+    /// does not fit the block.
+    fn proceed_cached(&mut self, block: &mut Block) -> Result<bool, ErrorKind> {
+        let ctx = self.ctx;
+        let Some(run) = self.cache.run(self.image, &ctx, self.mode, self.ip) else {
+            return Ok(false);
+        };
+        if block.ninsn + run.ninsn > BLOCK_MAX_INSNS {
+            return Ok(false);
+        }
+        let (ninsn, last, error, stop_ip) = (run.ninsn, run.last, run.error, run.stop_ip);
+        for &ret in &run.calls {
+            self.retstack.push(ret);
+        }
+        self.count_step(ninsn)?;
+        block.ninsn += ninsn;
+        if let Some(insn) = last {
+            block.last = Some(insn);
+            block.end_ip = insn.ip;
+        }
+        self.ip = stop_ip;
+        if let Some(error) = error {
+            return Err(error);
+        }
+        let insn = last.ok_or(ErrorKind::Internal)?;
+        self.proceed_with_trace(&insn)?;
+        Ok(true)
+    }
+
+    /// The next TNT bit.
+    fn cond_branch(&mut self) -> Result<bool, ErrorKind> {
+        match &mut self.event {
+            Ok(Event {
+                kind: EventKind::Tnt { bits, size },
+                ..
+            }) => {
+                if *size == 0 {
+                    return Err(ErrorKind::Internal);
+                }
+                *size -= 1;
+                Ok(*bits >> *size & 1 == 1)
+            }
+            _ => Err(ErrorKind::BadQuery),
+        }
+    }
+
+    /// Applies trace to `insn`, a branch that needs it.
+    fn proceed_with_trace(&mut self, insn: &Insn) -> Result<(), ErrorKind> {
+        match insn.class {
+            InsnClass::CondJump => {
+                self.ip = if self.cond_branch()? {
+                    insn.target.ok_or(ErrorKind::BadInsn)?
+                } else {
+                    insn.next_ip()
+                };
+                return Ok(());
+            }
+            InsnClass::Return => match self.cond_branch() {
+                Ok(true) => {
+                    self.ip = self.retstack.pop()?;
+                    return Ok(());
+                }
+                Ok(false) => return Err(ErrorKind::BadRetcomp),
+                // Not compressed: the return gets a TIP.
+                Err(ErrorKind::BadQuery) => {}
+                Err(error) => return Err(error),
+            },
+            InsnClass::Jump | InsnClass::Call => {
+                if insn.target.is_some() && insn.kind != InsnKind::Jmpabs {
+                    return Err(ErrorKind::Internal);
+                }
+            }
+            InsnClass::FarCall | InsnClass::FarReturn | InsnClass::FarJump => {}
+            InsnClass::Other | InsnClass::Ptwrite => return Err(ErrorKind::Internal),
+        }
+        self.proceed_indirect()
+    }
+
+    /// Takes the next TIP as the target of an indirect branch.
+    fn proceed_indirect(&mut self) -> Result<(), ErrorKind> {
+        match self.event {
+            Ok(Event {
+                kind: EventKind::Tip { ip },
+                ..
+            }) => {
+                self.ip = ip.ok_or(ErrorKind::BadPacket)?;
+                self.fetch_event();
+                Ok(())
+            }
+            Ok(Event {
+                kind: EventKind::Tnt { .. },
+                ..
+            }) => {
+                // A deferred TIP: the TIP may follow TNT bits of later conditional branches.
+                // Read ahead to it and keep the TNT current.
+                let saved = self.evdec.clone();
+                match self.evdec.next_event() {
+                    Ok(Event {
+                        kind: EventKind::Tip { ip },
+                        ..
+                    }) => {
+                        self.ip = ip.unwrap_or(0);
+                        Ok(())
+                    }
+                    _ => {
+                        self.evdec = saved;
+                        Err(ErrorKind::BadQuery)
+                    }
+                }
+            }
+            _ => Err(ErrorKind::BadQuery),
+        }
+    }
+
+    fn postpone(&mut self, insn: Insn) -> Result<Status, ErrorKind> {
+        if self.postponed.is_some() {
+            return Err(ErrorKind::Internal);
+        }
+        self.postponed = Some(insn);
+        Ok(self.status(Status::EVENT_PENDING))
+    }
+
+    fn clear_postponed(&mut self) {
+        self.postponed = None;
+        self.bound_paging = false;
+        self.bound_vmcs = false;
+        self.bound_ptwrite = false;
+    }
+
+    /// Steps over the instruction an event was bound to.
+    fn proceed_postponed(&mut self) -> Result<(), ErrorKind> {
+        let Some(insn) = self.postponed else {
+            return Ok(());
+        };
+        if self.enabled {
+            match insn.next_ip_without_trace() {
+                Ok(ip) => self.ip = ip,
+                Err(ErrorKind::BadQuery) => self.proceed_with_trace(&insn)?,
+                Err(error) => return Err(error),
+            }
+        }
+        self.clear_postponed();
+        Ok(())
+    }
+
+    /// Where tracing is expected to resume after a synchronous disable at `insn`.
+    fn set_disable_resume_ip(&mut self, insn: Option<Insn>) {
+        self.ip = match insn {
+            Some(insn) if matches!(insn.class, InsnClass::Call | InsnClass::FarCall) => {
+                insn.next_ip()
+            }
+            _ => 0,
+        };
+    }
+
+    /// Walks to where `event` binds.
+    fn proceed_event(&mut self, block: &mut Block, event: Event) -> Result<Status, ErrorKind> {
+        let pending = self.status(Status::EVENT_PENDING);
+        let reach = |this: &mut Self, block: &mut Block, ip: Option<u64>| match ip {
+            Some(ip) => this.proceed_to_ip(block, ip),
+            None => Ok(true),
+        };
+        let reached = match event.kind {
+            EventKind::Enabled { .. }
+            | EventKind::Overflow { .. }
+            | EventKind::Stop
+            | EventKind::Pwre { .. }
+            | EventKind::Pwrx { .. }
+            | EventKind::Tick { .. }
+            | EventKind::Cbr { .. }
+            | EventKind::Mnt { .. } => true,
+            EventKind::Disabled { ip } => {
+                if event.status_update {
+                    true
+                } else {
+                    let result = match ip {
+                        None => self
+                            .proceed_to_insn(block, Insn::changes_cr3)
+                            .map(|insn| insn.is_some()),
+                        Some(ip) => self.proceed_to_ip(block, ip),
+                    };
+                    match result {
+                        // A synchronous disable also binds to a branch that needs trace.
+                        Err(ErrorKind::BadQuery) => {
+                            self.set_disable_resume_ip(block.last);
+                            true
+                        }
+                        other => other?,
+                    }
+                }
+            }
+            EventKind::AsyncDisabled { at, .. } => self.proceed_to_ip(block, at)?,
+            EventKind::AsyncBranch { from, .. } => self.proceed_to_ip(block, from)?,
+            EventKind::Paging { .. } | EventKind::Vmcs { .. } => {
+                if !self.enabled {
+                    true
+                } else {
+                    let paging = matches!(event.kind, EventKind::Paging { .. });
+                    let pred = if paging {
+                        Insn::binds_to_pip
+                    } else {
+                        Insn::binds_to_vmcs
+                    };
+                    let Some(insn) = self.proceed_to_insn(block, pred)? else {
+                        return Ok(Status::default());
+                    };
+                    if paging {
+                        self.bound_paging = true;
+                    } else {
+                        self.bound_vmcs = true;
+                    }
+                    return self.postpone(insn);
+                }
+            }
+            EventKind::AsyncPaging { ip, .. }
+            | EventKind::AsyncVmcs { ip, .. }
+            | EventKind::ExecMode { ip, .. }
+            | EventKind::Tsx { ip, .. } => reach(self, block, ip)?,
+            EventKind::Exstop { ip } | EventKind::Mwait { ip, .. } => {
+                if self.enabled {
+                    reach(self, block, ip)?
+                } else {
+                    true
+                }
+            }
+            EventKind::Ptwrite { ip, .. } => {
+                if !self.enabled {
+                    true
+                } else {
+                    let insn = match ip {
+                        None => self.proceed_to_insn(block, Insn::is_ptwrite)?,
+                        Some(ip) => {
+                            if self.proceed_to_ip(block, ip)? {
+                                self.one_insn(block)?
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    let Some(insn) = insn else {
+                        return Ok(Status::default());
+                    };
+                    self.bound_ptwrite = true;
+                    return self.postpone(insn);
+                }
+            }
+            EventKind::Tip { .. } | EventKind::Tnt { .. } | EventKind::Ignore => {
+                return Err(ErrorKind::Internal)
+            }
+        };
+        if !reached {
+            return Ok(Status::default());
+        }
+        let _ = pending;
+        Ok(self.status(Status::EVENT_PENDING))
+    }
+
+    /// After a block or an event: is the next event due here?
+    fn proceed_trailing_event(&mut self, block: Option<&Block>) -> Result<Status, ErrorKind> {
+        let pending = Status::EVENT_PENDING;
+        let event = match self.event {
+            Err(error) => {
+                self.proceed_postponed()?;
+                let flags = if error == ErrorKind::Eos { 0 } else { pending };
+                return Ok(self.status(flags));
+            }
+            Ok(event) => event,
+        };
+        let ip_differs = |this: &Self, ip: Option<u64>| ip.is_some_and(|ip| this.ip != ip);
+        let due = match event.kind {
+            EventKind::Tnt { size, .. } => {
+                let _ = block;
+                if size == 0 {
+                    self.fetch_event();
+                    return self.proceed_trailing_event(block);
+                }
+                false
+            }
+            EventKind::Tip { .. } | EventKind::Ignore => false,
+            EventKind::Disabled { ip } => match self.postponed {
+                None => {
+                    if event.status_update {
+                        return Ok(self.status(pending));
+                    }
+                    false
+                }
+                Some(insn) => {
+                    if ip.is_none() && insn.changes_cr3() {
+                        return Ok(self.status(pending));
+                    }
+                    match insn.next_ip_without_trace() {
+                        Err(ErrorKind::BadQuery) => {
+                            self.set_disable_resume_ip(Some(insn));
+                            return Ok(self.status(pending));
+                        }
+                        Err(error) => return Err(error),
+                        Ok(next) => self.ip = next,
+                    }
+                    self.clear_postponed();
+                    ip == Some(self.ip)
+                }
+            },
+            EventKind::Enabled { .. }
+            | EventKind::Overflow { .. }
+            | EventKind::Stop
+            | EventKind::Pwre { .. }
+            | EventKind::Pwrx { .. }
+            | EventKind::Tick { .. }
+            | EventKind::Cbr { .. }
+            | EventKind::Mnt { .. } => {
+                self.proceed_postponed()?;
+                true
+            }
+            EventKind::AsyncDisabled { at, .. } | EventKind::AsyncBranch { from: at, .. } => {
+                self.proceed_postponed()?;
+                self.ip == at
+            }
+            EventKind::Paging { .. } | EventKind::Vmcs { .. } => {
+                if !self.enabled {
+                    return Ok(self.status(pending));
+                }
+                let paging = matches!(event.kind, EventKind::Paging { .. });
+                let bound = if paging {
+                    self.bound_paging
+                } else {
+                    self.bound_vmcs
+                };
+                match self.postponed {
+                    Some(insn)
+                        if !bound
+                            && (if paging {
+                                insn.binds_to_pip()
+                            } else {
+                                insn.binds_to_vmcs()
+                            }) =>
+                    {
+                        if paging {
+                            self.bound_paging = true;
+                        } else {
+                            self.bound_vmcs = true;
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            EventKind::AsyncPaging { ip, .. } | EventKind::AsyncVmcs { ip, .. } => {
+                self.proceed_postponed()?;
+                !ip_differs(self, ip)
+            }
+            EventKind::ExecMode { ip, .. } => {
+                self.proceed_postponed()?;
+                !self.enabled || !ip_differs(self, ip)
+            }
+            EventKind::Tsx { ip, .. } => {
+                self.proceed_postponed()?;
+                !ip_differs(self, ip)
+            }
+            EventKind::Exstop { ip } | EventKind::Mwait { ip, .. } => {
+                self.proceed_postponed()?;
+                !(self.enabled && ip_differs(self, ip))
+            }
+            EventKind::Ptwrite { ip, .. } => {
+                if !self.enabled {
+                    return Ok(self.status(pending));
+                }
+                match self.postponed {
+                    Some(insn) if !self.bound_ptwrite && ip.is_none() && insn.is_ptwrite() => {
+                        self.bound_ptwrite = true;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if due {
+            return Ok(self.status(pending));
+        }
+        self.proceed_postponed()?;
+        Ok(self.status(0))
+    }
+
+    /// Hands out the event that is due, applies it, and tells what comes next.
+    pub fn event(&mut self) -> Result<(Event, Status), ErrorKind> {
+        let mut event = self.event?;
+        let ip_differs = |this: &Self, ip: Option<u64>| ip.is_some_and(|ip| this.ip != ip);
+        match &mut event.kind {
+            EventKind::Tnt { .. } | EventKind::Tip { .. } => return Err(ErrorKind::BadQuery),
+            EventKind::Ignore => return Err(ErrorKind::Internal),
+            EventKind::Enabled { ip, resumed } => {
+                *resumed = ip.unwrap_or(0) == self.ip;
+                if event.status_update {
+                    if !self.enabled {
+                        return Err(ErrorKind::BadStatusUpdate);
+                    }
+                } else {
+                    let ip = ip.ok_or(ErrorKind::Noip)?;
+                    if self.enabled {
+                        return Err(ErrorKind::BadContext);
+                    }
+                    self.ip = ip;
+                    self.enabled = true;
+                }
+            }
+            EventKind::AsyncDisabled { at, .. } => {
+                if self.ip != *at {
+                    return Err(ErrorKind::BadQuery);
+                }
+                self.process_disabled(&event)?;
+            }
+            EventKind::Disabled { .. } => self.process_disabled(&event)?,
+            EventKind::AsyncBranch { from, to } => {
+                if self.ip != *from {
+                    return Err(ErrorKind::BadQuery);
+                }
+                if event.status_update || !self.enabled {
+                    return Err(ErrorKind::BadContext);
+                }
+                self.ip = to.unwrap_or(0);
+            }
+            EventKind::AsyncPaging { cr3, nr, ip } => {
+                if ip_differs(self, *ip) {
+                    return Err(ErrorKind::BadQuery);
+                }
+                self.ctx.cr3 = Some(*cr3);
+                self.ctx.nr = *nr;
+            }
+            EventKind::Paging { cr3, nr } => {
+                self.ctx.cr3 = Some(*cr3);
+                self.ctx.nr = *nr;
+            }
+            EventKind::AsyncVmcs { base, ip } => {
+                if ip_differs(self, *ip) {
+                    return Err(ErrorKind::BadQuery);
+                }
+                self.ctx.vmcs = Some(*base);
+            }
+            EventKind::Vmcs { base } => self.ctx.vmcs = Some(*base),
+            EventKind::Overflow { ip } => {
+                if event.status_update {
+                    return Err(ErrorKind::BadContext);
+                }
+                match ip {
+                    None => {
+                        self.enabled = false;
+                        self.ip = 0;
+                    }
+                    Some(ip) => {
+                        self.enabled = true;
+                        self.ip = *ip;
+                    }
+                }
+                self.speculative = false;
+            }
+            EventKind::ExecMode { mode, ip } => {
+                if self.enabled && ip_differs(self, *ip) {
+                    return Err(ErrorKind::BadQuery);
+                }
+                if event.status_update
+                    && self.enabled
+                    && self.mode != ExecMode::Unknown
+                    && self.mode != *mode
+                {
+                    return Err(ErrorKind::BadStatusUpdate);
+                }
+                self.mode = *mode;
+            }
+            EventKind::Tsx {
+                ip, speculative, ..
+            } => {
+                if ip_differs(self, *ip) {
+                    return Err(ErrorKind::BadQuery);
+                }
+                self.speculative = *speculative;
+            }
+            EventKind::Stop => {
+                if event.status_update || self.enabled {
+                    return Err(ErrorKind::BadContext);
+                }
+            }
+            EventKind::Exstop { ip } | EventKind::Mwait { ip, .. } => {
+                if self.enabled && ip_differs(self, *ip) {
+                    return Err(ErrorKind::BadQuery);
+                }
+            }
+            EventKind::Cbr { ratio } => self.cbr = Some(*ratio),
+            EventKind::Pwre { .. }
+            | EventKind::Pwrx { .. }
+            | EventKind::Ptwrite { .. }
+            | EventKind::Tick { .. }
+            | EventKind::Mnt { .. } => {}
+        }
+        self.fetch_event();
+        let status = self.proceed_trailing_event(None)?;
+        Ok((event, status))
+    }
+
+    fn process_disabled(&mut self, event: &Event) -> Result<(), ErrorKind> {
+        if event.status_update {
+            if self.enabled {
+                return Err(ErrorKind::BadStatusUpdate);
+            }
+            return Ok(());
+        }
+        if !self.enabled {
+            return Err(ErrorKind::BadContext);
+        }
+        self.enabled = false;
+        Ok(())
+    }
+
+    /// After an error: continues at the next event that gives an IP (or at the PSB when the
+    /// error was in PSB+). Without an error before it, this skips the event due now.
+    pub fn resync(&mut self) -> Result<Status, ErrorKind> {
+        self.clear_postponed();
+        let pending = Status::EVENT_PENDING;
+        loop {
+            let event = self.event?;
+            if event.status_update {
+                let offset = self.evdec.sync_offset().ok_or(ErrorKind::Nosync)?;
+                return self.sync_set(offset);
+            }
+            match event.kind {
+                EventKind::Enabled { .. } => {
+                    self.enabled = false;
+                    return Ok(self.status(pending));
+                }
+                EventKind::Disabled { .. } => {
+                    self.enabled = true;
+                    self.ip = 0;
+                    self.process_disabled(&event)?;
+                    self.fetch_event();
+                    return self.proceed_trailing_event(None);
+                }
+                EventKind::AsyncDisabled { at, .. } | EventKind::AsyncBranch { from: at, .. } => {
+                    self.ip = at;
+                    return Ok(self.status(pending));
+                }
+                EventKind::AsyncPaging { ip: Some(ip), .. }
+                | EventKind::AsyncVmcs { ip: Some(ip), .. }
+                | EventKind::Exstop { ip: Some(ip) }
+                | EventKind::Mwait { ip: Some(ip), .. }
+                | EventKind::Tick { ip: Some(ip) } => {
+                    self.ip = ip;
+                    return Ok(self.status(pending));
+                }
+                EventKind::AsyncPaging { cr3, nr, ip: None } | EventKind::Paging { cr3, nr } => {
+                    self.ctx.cr3 = Some(cr3);
+                    self.ctx.nr = nr;
+                }
+                EventKind::AsyncVmcs { base, ip: None } | EventKind::Vmcs { base } => {
+                    self.ctx.vmcs = Some(base)
+                }
+                EventKind::Overflow { .. } => return Ok(self.status(pending)),
+                EventKind::ExecMode { ip, .. } | EventKind::Tsx { ip, .. } => {
+                    match ip {
+                        None => self.enabled = false,
+                        Some(ip) => {
+                            self.enabled = true;
+                            self.ip = ip;
+                        }
+                    }
+                    return Ok(self.status(pending));
+                }
+                EventKind::Ptwrite { ip, .. } => {
+                    let ip = ip.ok_or(ErrorKind::EventIgnored)?;
+                    self.ip = ip;
+                    return Ok(self.status(0));
+                }
+                EventKind::Tip { ip } => {
+                    self.ip = ip.unwrap_or(0);
+                    self.fetch_event();
+                    return self.proceed_trailing_event(None);
+                }
+                EventKind::Stop
+                | EventKind::Exstop { ip: None }
+                | EventKind::Mwait { ip: None, .. }
+                | EventKind::Tick { ip: None }
+                | EventKind::Pwre { .. }
+                | EventKind::Pwrx { .. }
+                | EventKind::Cbr { .. }
+                | EventKind::Mnt { .. }
+                | EventKind::Tnt { .. }
+                | EventKind::Ignore => {}
+            }
+            self.fetch_event();
+        }
+    }
+}
