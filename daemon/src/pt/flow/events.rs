@@ -293,6 +293,8 @@ pub struct EventDecoder<'a> {
     block: BlockContext,
     /// Offset of the PSB the decoder last synchronised at.
     sync: Option<usize>,
+    /// Offset of the PSB the last explicit synchronisation went to.
+    synced_at: Option<usize>,
     event: Option<Event>,
     enabled: bool,
     bound: bool,
@@ -332,6 +334,7 @@ impl<'a> EventDecoder<'a> {
             packet: Lookahead::Error(ErrorKind::Nosync),
             block: BlockContext::None,
             sync: None,
+            synced_at: None,
             event: None,
             enabled: false,
             bound: false,
@@ -401,8 +404,9 @@ impl<'a> EventDecoder<'a> {
         self.reset();
         // Each PSB segment decodes on its own: timing starts afresh too.
         self.time = Time::new(self.config);
-        let mut from = self.pos;
-        if Some(from) == self.sync {
+        // Search from the lookahead packet: it may be the next PSB already.
+        let mut from = self.packet_offset.min(self.pos);
+        if Some(from) == self.synced_at {
             from += PSB.len();
         }
         let Some(psb) = packets::next_psb(self.data, from) else {
@@ -426,6 +430,7 @@ impl<'a> EventDecoder<'a> {
 
     fn sync_at(&mut self, psb: usize) -> Result<(), ErrorKind> {
         self.sync = Some(psb);
+        self.synced_at = Some(psb);
         self.pos = psb;
         self.block = BlockContext::None;
         self.fetch_packet();
