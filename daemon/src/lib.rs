@@ -4,6 +4,7 @@
 //! everything else builds on them. Nothing in this library knows LSP or JSON-RPC.
 
 pub mod debuginfo;
+pub mod decode;
 pub mod perf;
 pub mod pt;
 pub mod sideband;

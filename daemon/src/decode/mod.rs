@@ -1,0 +1,9 @@
+//! The decode pipeline: a perf.data recording's Intel PT trace turned into branch events with
+//! `perf script --itrace=be` semantics.
+//!
+//! The [`BranchEvent`] stream is the contract: same branches, kinds, threads, CPUs and times as
+//! perf 6.1, errors included, in perf's order.
+
+mod event;
+
+pub use event::{error_code, BranchEvent, BranchFlags, BranchKind, Origin, TraceError};
