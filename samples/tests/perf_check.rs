@@ -9,12 +9,14 @@ use std::process::Command;
 
 use ptlens_synth::{check, encode, recording, sample, trace};
 
+/// Whether `tool` is an executable on PATH. (Not `tool --version`: dash, Debian's `sh`, has none.)
 fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(tool))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// Whether the tools are here; panics instead of skipping when PTLENS_REQUIRE_PERF=1.
