@@ -46,15 +46,15 @@ fn compressed_return_and_async_disable() {
 }
 
 #[test]
-#[ignore = "open: after a missing-image error the decoder does not yet resume at a PSB that follows the failing TIP"]
+
 fn missing_image_is_an_error_and_decoding_resumes_at_the_next_psb() {
     let mut image = RawImage::new();
     image.add(BASE, vec![0x90, 0xff, 0xe0]); // nop; jmp rax
     let mut trace = psb_at(BASE);
-    trace.extend_from_slice(&[0x4d, 0x00, 0x20]); // TIP to 0x102000: not mapped
+    trace.extend_from_slice(&[0x4d, 0x00, 0x20, 0x10, 0x00]); // TIP to 0x102000: not mapped
     trace.extend_from_slice(&[0x00; 4]);
     trace.extend_from_slice(&psb_at(BASE));
-    trace.extend_from_slice(&[0x1d, 0x01, 0x00, 0x01]); // FUP 0x100001, TIP.PGD
+    trace.extend_from_slice(&[0x3d, 0x01, 0x00, 0x01]); // FUP 0x100001, TIP.PGD
     let lines = ptxed(&trace, &image);
     assert_eq!(lines[0], "0000000000100000");
     assert_eq!(lines[1], "0000000000100001");
@@ -79,7 +79,7 @@ fn endless_jump_without_trace_ends() {
     let mut image = RawImage::new();
     image.add(BASE, vec![0xeb, 0xfe]); // jmp .
     let mut trace = psb_at(BASE);
-    trace.extend_from_slice(&[0x1d, 0x05, 0x00, 0x01]); // FUP at an IP never reached, TIP.PGD
+    trace.extend_from_slice(&[0x3d, 0x05, 0x00, 0x01]); // FUP at an IP never reached, TIP.PGD
     let stats = decode(&trace, &image, &FlowConfig::default(), |_| {});
     assert_eq!(stats.errors, 1);
 }

@@ -115,6 +115,12 @@ pub struct BlockDecoder<'a> {
     config: BlockConfig,
     /// The event due next, or the error that ended the event stream.
     event: Result<Event, ErrorKind>,
+    /// Trace offset of the packet `event` came from.
+    event_offset: usize,
+    /// Trace offset of the furthest event whose trace the flow has used since the last sync
+    /// (PSB+ status updates do not count): after an error, the next PSB after it starts a
+    /// segment whose trace is still unused, even if its PSB+ was already read.
+    used: Option<usize>,
     ip: u64,
     enabled: bool,
     speculative: bool,
@@ -139,6 +145,8 @@ impl<'a> BlockDecoder<'a> {
             evdec: EventDecoder::new(trace, config.events),
             config,
             event: Err(ErrorKind::Nosync),
+            event_offset: 0,
+            used: None,
             ip: 0,
             enabled: false,
             speculative: false,
@@ -218,6 +226,7 @@ impl<'a> BlockDecoder<'a> {
 
     fn reset(&mut self) {
         self.event = Err(ErrorKind::Nosync);
+        self.used = None;
         self.ip = 0;
         self.enabled = false;
         self.speculative = false;
@@ -245,8 +254,18 @@ impl<'a> BlockDecoder<'a> {
 
     /// Synchronises at the next PSB (the first, on the first call).
     pub fn sync_forward(&mut self) -> Result<Status, ErrorKind> {
+        // Resume after the trace already used, not after the event layer's read-ahead: a PSB+
+        // read ahead while the flow still ran on older trace starts the next segment.
+        let from = match (self.used, self.evdec.synced_at()) {
+            (Some(used), _) => Some(used + 1),
+            (None, Some(psb)) => Some(psb + 1),
+            (None, None) => None,
+        };
         self.reset();
-        self.evdec.sync_forward()?;
+        match from {
+            Some(from) => self.evdec.sync_from(from)?,
+            None => self.evdec.sync_forward()?,
+        }
         self.start()
     }
 
@@ -277,16 +296,37 @@ impl<'a> BlockDecoder<'a> {
                 Ok(_) => {}
             }
         }
-        self.event = self.evdec.next_event();
+        self.next_event();
         self.proceed_trailing_event(None)
+    }
+
+    fn next_event(&mut self) {
+        self.event = self.evdec.next_event();
+        match self.event {
+            Ok(_) => self.event_offset = self.evdec.event_offset(),
+            Err(ErrorKind::Eos) => {}
+            // Trace that cannot be decoded is not retried.
+            Err(_) => {
+                self.event_offset = self.evdec.offset();
+                self.use_trace(self.event_offset);
+            }
+        }
+    }
+
+    /// Notes that the flow used trace from the packet at `offset`.
+    fn use_trace(&mut self, offset: usize) {
+        self.used = Some(self.used.map_or(offset, |used| used.max(offset)));
     }
 
     fn fetch_event(&mut self) {
         if let Ok(event) = &self.event {
             self.tsc = event.tsc.or(self.tsc);
+            if !event.status_update {
+                self.use_trace(self.event_offset);
+            }
         }
         self.steps = 0;
-        self.event = self.evdec.next_event();
+        self.next_event();
     }
 
     /// Decodes the next block into `block`. Even on error, `block` holds what was decoded.
@@ -439,6 +479,13 @@ impl<'a> BlockDecoder<'a> {
 
     /// The next TNT bit.
     fn cond_branch(&mut self) -> Result<bool, ErrorKind> {
+        if let Ok(Event {
+            kind: EventKind::Tnt { .. },
+            ..
+        }) = self.event
+        {
+            self.use_trace(self.event_offset);
+        }
         match &mut self.event {
             Ok(Event {
                 kind: EventKind::Tnt { bits, size },
@@ -509,6 +556,7 @@ impl<'a> BlockDecoder<'a> {
                         kind: EventKind::Tip { ip },
                         ..
                     }) => {
+                        self.use_trace(self.evdec.event_offset());
                         self.ip = ip.unwrap_or(0);
                         Ok(())
                     }
@@ -792,6 +840,16 @@ impl<'a> BlockDecoder<'a> {
 
     /// Hands out the event that is due, applies it, and tells what comes next.
     pub fn event(&mut self) -> Result<(Event, Status), ErrorKind> {
+        let offset = self.event_offset;
+        let result = self.apply_event();
+        if result.is_err() {
+            // An event that does not fit counts as used: its segment is not retried.
+            self.use_trace(offset);
+        }
+        result
+    }
+
+    fn apply_event(&mut self) -> Result<(Event, Status), ErrorKind> {
         let mut event = self.event?;
         let ip_differs = |this: &Self, ip: Option<u64>| ip.is_some_and(|ip| this.ip != ip);
         match &mut event.kind {

@@ -296,6 +296,8 @@ pub struct EventDecoder<'a> {
     /// Offset of the PSB the last explicit synchronisation went to.
     synced_at: Option<usize>,
     event: Option<Event>,
+    /// Offset of the packet the last event returned by [`Self::next_event`] started at.
+    event_offset: usize,
     enabled: bool,
     bound: bool,
     mode_exec_valid: bool,
@@ -336,6 +338,7 @@ impl<'a> EventDecoder<'a> {
             sync: None,
             synced_at: None,
             event: None,
+            event_offset: 0,
             enabled: false,
             bound: false,
             mode_exec_valid: false,
@@ -355,6 +358,17 @@ impl<'a> EventDecoder<'a> {
     /// Offset of the last PSB synchronised at.
     pub fn sync_offset(&self) -> Option<usize> {
         self.sync
+    }
+
+    /// Offset of the packet the last event returned by [`Self::next_event`] came from (for a
+    /// PSB+ status update, the PSB).
+    pub fn event_offset(&self) -> usize {
+        self.event_offset
+    }
+
+    /// Offset of the PSB the last explicit synchronisation went to.
+    pub fn synced_at(&self) -> Option<usize> {
+        self.synced_at
     }
 
     /// Where the packet iterator is: a proxy for progress.
@@ -401,15 +415,20 @@ impl<'a> EventDecoder<'a> {
 
     /// Synchronises at the next PSB at or after the current position and reads its PSB+.
     pub fn sync_forward(&mut self) -> Result<(), ErrorKind> {
-        self.reset();
-        // Each PSB segment decodes on its own: timing starts afresh too.
-        self.time = Time::new(self.config);
         // Search from the lookahead packet: it may be the next PSB already.
         let mut from = self.packet_offset.min(self.pos);
         if Some(from) == self.synced_at {
             from += PSB.len();
         }
-        let Some(psb) = packets::next_psb(self.data, from) else {
+        self.sync_from(from)
+    }
+
+    /// Synchronises at the first PSB at or after `from` and reads its PSB+.
+    pub fn sync_from(&mut self, from: usize) -> Result<(), ErrorKind> {
+        self.reset();
+        // Each PSB segment decodes on its own: timing starts afresh too.
+        self.time = Time::new(self.config);
+        let Some(psb) = packets::next_psb(self.data, from.min(self.data.len())) else {
             self.pos = self.data.len();
             self.packet_offset = self.pos;
             self.packet = Lookahead::Error(ErrorKind::Eos);
@@ -444,8 +463,12 @@ impl<'a> EventDecoder<'a> {
     /// The next event.
     pub fn next_event(&mut self) -> Result<Event, ErrorKind> {
         loop {
+            let at = self.packet_offset;
             match self.decode_packet()? {
-                Step::Event => break,
+                Step::Event => {
+                    self.event_offset = at;
+                    break;
+                }
                 Step::Next => {
                     // The packet is done without an event; the next one is not bound yet.
                     self.bound = false;
