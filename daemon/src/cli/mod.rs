@@ -1,5 +1,6 @@
 //! Subcommands of the `ptlens` binary. Each one is a thin layer over the library.
 
+mod branches;
 mod decode;
 mod dump;
 mod dump_file;
@@ -20,6 +21,8 @@ pub enum Command {
     /// Print the instruction flow of a raw Intel PT trace over raw code images, as libipt's
     /// `ptxed --no-inst` prints it.
     Decode(decode::DecodeArgs),
+    /// Print every branch of a recording in trace order, as `perf script --itrace=be` shows them.
+    Branches(branches::BranchesArgs),
 }
 
 impl Command {
@@ -27,6 +30,7 @@ impl Command {
         match self {
             Command::Dump(args) => args.run(),
             Command::Decode(args) => args.run(),
+            Command::Branches(args) => args.run(),
         }
     }
 }

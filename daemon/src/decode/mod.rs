@@ -5,5 +5,10 @@
 //! perf 6.1, errors included, in perf's order.
 
 mod event;
+mod image;
+mod pipeline;
+mod queue;
 
 pub use event::{error_code, BranchEvent, BranchFlags, BranchKind, Origin, TraceError};
+pub use image::RecordingImage;
+pub use pipeline::{decode, BlockRun, DecodeError, DecodeOptions, DecodeStats, Sink};

@@ -1,0 +1,424 @@
+//! The pipeline: every AUX queue decoded with the sideband applied in time order, and the
+//! queues interleaved, as perf 6.1's `intel_pt_process_queues` does it.
+//!
+//! perf walks the sideband records in time order; before applying one at time T it decodes
+//! every queue up to T (the queue with the earliest timestamp first, each up to the next
+//! queue's timestamp), and it synthesises a decoder state's sample only when it resumes the
+//! queue, so that sample already carries the thread the next run starts with. Reproducing
+//! that schedule is what makes threads, CPUs and order agree with `perf script`.
+
+use std::collections::BTreeMap;
+
+use crate::debuginfo::BinaryCache;
+use crate::perf::{RecordBody, Recording};
+use crate::pt::flow::{Block, BlockConfig, EventConfig};
+use crate::sideband::{Instant, Model, When};
+
+use super::event::{error_code, BranchEvent, BranchKind, Origin, TraceError};
+use super::image::RecordingImage;
+use super::queue::{QueueDecoder, State, StateKind};
+
+/// Why a recording could not be decoded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Perf(#[from] crate::perf::Error),
+    #[error("the recording has no Intel PT trace (no AUXTRACE_INFO)")]
+    NoIntelPt,
+}
+
+/// One run of instructions as the flow decoder walked it, with who ran it; for counting.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockRun<'b> {
+    /// The AUX queue.
+    pub queue: u32,
+    /// Thread and CPU as perf would attribute a branch decoded now (`time` is the queue's
+    /// time so far).
+    pub origin: Origin,
+    pub block: &'b Block,
+}
+
+/// Receives the decoded stream.
+pub trait Sink {
+    /// Every branch and error, in perf's order.
+    fn event(&mut self, event: &BranchEvent);
+    /// Every block, in decode order (blocks of one queue in trace order).
+    fn block(&mut self, _run: &BlockRun<'_>) {}
+}
+
+impl<F: FnMut(&BranchEvent)> Sink for F {
+    fn event(&mut self, event: &BranchEvent) {
+        self(event)
+    }
+}
+
+/// Counts over a decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    pub branches: u64,
+    pub errors: u64,
+    pub instructions: u64,
+    pub queues: usize,
+    pub trace_bytes: u64,
+    /// Binaries not found, by recorded name, with the code reads that failed.
+    pub missing_binaries: BTreeMap<String, u64>,
+}
+
+/// Options of [`decode`].
+#[derive(Debug, Clone, Default)]
+pub struct DecodeOptions {
+    /// Called with (trace bytes decoded, total) now and then, for progress bars.
+    pub progress: Option<fn(u64, u64)>,
+}
+
+/// What perf keeps per queue (`struct intel_pt_queue`), as far as branches need it.
+struct Queue<'a> {
+    idx: u32,
+    tid: i32,
+    cpu: i32,
+    decoder: QueueDecoder<'a>,
+    /// `ptq->timestamp`, in TSC.
+    timestamp: u64,
+    /// The state decoded last, whose sample is synthesised when the queue resumes.
+    pending: Option<State>,
+    on_heap: bool,
+    /// The heap ordinal.
+    ordinal: u64,
+}
+
+fn as_i32(v: u32) -> i32 {
+    v as i32
+}
+
+/// Decodes every AUX queue of `recording` and hands the branch stream to `sink`.
+pub fn decode(
+    recording: &Recording<'_>,
+    model: &Model,
+    binaries: &BinaryCache,
+    options: &DecodeOptions,
+    sink: &mut dyn Sink,
+) -> Result<DecodeStats, DecodeError> {
+    let pt = model.pt.as_ref().ok_or(DecodeError::NoIntelPt)?;
+    let aux = recording.aux_queues()?;
+
+    // Sideband times, and the records that can change an address space.
+    let mut times = Vec::new();
+    let mut epochs = Vec::new();
+    for record in recording.records() {
+        let Ok(record) = record else { break };
+        let time = match &record.body {
+            RecordBody::Fork(task) | RecordBody::Exit(task) => {
+                record.sample_id.time.or(Some(task.time))
+            }
+            RecordBody::Auxtrace(_) => None,
+            _ => record.sample_id.time,
+        };
+        let Some(time) = time else { continue };
+        times.push(time);
+        if matches!(
+            record.body,
+            RecordBody::Mmap(_)
+                | RecordBody::Mmap2(_)
+                | RecordBody::Comm { .. }
+                | RecordBody::Fork(_)
+                | RecordBody::Exit(_)
+        ) {
+            epochs.push(time);
+        }
+    }
+    times.sort_unstable();
+    let image = RecordingImage::new(model, binaries, epochs);
+
+    // Consecutive buffers of a queue are one stream (last IP, return stack carry over).
+    let traces: Vec<(u32, i32, i32, Vec<u8>)> = aux
+        .queues
+        .iter()
+        .map(|q| {
+            let mut bytes = Vec::with_capacity(q.size() as usize);
+            for b in &q.buffers {
+                bytes.extend_from_slice(b.auxtrace.data);
+            }
+            let tid = q.tid().map_or(-1, as_i32);
+            let cpu = q.cpu().map_or(-1, as_i32);
+            (q.idx, tid, cpu, bytes)
+        })
+        .collect();
+    let total: u64 = traces.iter().map(|t| t.3.len() as u64).sum();
+
+    let config = BlockConfig {
+        events: EventConfig {
+            mtc_freq: u8::try_from(pt.mtc_period()).unwrap_or(0),
+            ctc_ratio: (pt.tsc_ctc_ratio_d != 0).then(|| {
+                (
+                    u32::try_from(pt.tsc_ctc_ratio_n).unwrap_or(0),
+                    u32::try_from(pt.tsc_ctc_ratio_d).unwrap_or(1),
+                )
+            }),
+        },
+        ..BlockConfig::default()
+    };
+    let image_ref: &dyn crate::pt::flow::Image = &image;
+    let mut queues: Vec<Queue<'_>> = traces
+        .iter()
+        .map(|(idx, tid, cpu, bytes)| Queue {
+            idx: *idx,
+            tid: *tid,
+            cpu: *cpu,
+            decoder: QueueDecoder::new(bytes, image_ref, config),
+            timestamp: 0,
+            pending: None,
+            on_heap: false,
+            ordinal: 0,
+        })
+        .collect();
+
+    let mut run = Runner {
+        model,
+        image: &image,
+        timeless: pt.timeless_decoding(),
+        applied: None,
+        sink,
+        stats: DecodeStats {
+            queues: queues.len(),
+            trace_bytes: total,
+            ..DecodeStats::default()
+        },
+    };
+    if let Some(progress) = options.progress {
+        progress(0, total);
+    }
+    if run.timeless {
+        // perf decodes each queue whole, with every sideband record applied.
+        run.applied = times.last().copied();
+        for q in &mut queues {
+            run.run_queue(q, u64::MAX);
+            run.flush(q);
+        }
+    } else {
+        let mut set_up = false;
+        for &time in &times {
+            if !set_up {
+                for q in &mut queues {
+                    run.setup(q);
+                }
+                set_up = true;
+            }
+            let tsc = model.perf_to_tsc(time);
+            run.process_queues(&mut queues, tsc);
+            run.applied = Some(time);
+        }
+        if !set_up {
+            for q in &mut queues {
+                run.setup(q);
+            }
+        }
+        run.process_queues(&mut queues, u64::MAX);
+        for q in &mut queues {
+            run.flush(q);
+        }
+    }
+    if let Some(progress) = options.progress {
+        progress(total, total);
+    }
+    let mut stats = run.stats;
+    stats.missing_binaries = image.missing();
+    Ok(stats)
+}
+
+struct Runner<'r> {
+    model: &'r Model,
+    image: &'r RecordingImage<'r>,
+    timeless: bool,
+    /// Perf time of the last sideband record applied.
+    applied: Option<u64>,
+    sink: &'r mut dyn Sink,
+    stats: DecodeStats,
+}
+
+impl Runner<'_> {
+    fn when(&self) -> When {
+        match self.applied {
+            Some(t) => When::Time(t),
+            None => When::Instant(Instant::START),
+        }
+    }
+
+    /// perf's `intel_pt_set_pid_tid_cpu`: who the queue's samples belong to now.
+    fn origin(&self, q: &Queue<'_>) -> Origin {
+        let when = self.when();
+        let thread = self.model.queue_thread(q.tid, q.cpu, when);
+        let (pid, tid) = match thread {
+            Some(t) => (t.pid, t.tid),
+            None if q.tid != -1 && !self.switches() => (-1, q.tid),
+            None => (-1, -1),
+        };
+        Origin {
+            time: 0,
+            cpu: q.cpu,
+            pid,
+            tid,
+            machine_pid: 0,
+            vcpu: -1,
+        }
+    }
+
+    fn switches(&self) -> bool {
+        self.model
+            .pt
+            .as_ref()
+            .is_some_and(|p| p.have_sched_switch != 0)
+    }
+
+    fn space(&self, origin: &Origin) -> u64 {
+        let epoch = match self.applied {
+            Some(t) => self.image.epoch_at(t),
+            None => 0,
+        };
+        let epoch = if self.timeless {
+            self.image.last_epoch()
+        } else {
+            epoch
+        };
+        RecordingImage::space(origin.pid, epoch)
+    }
+
+    fn perf_time(&self, tsc: u64) -> u64 {
+        if self.timeless {
+            0
+        } else {
+            self.model.tsc_to_perf(tsc)
+        }
+    }
+
+    /// perf's `intel_pt_setup_queue`: decodes up to the first state with a timestamp (errors
+    /// before it are dropped, as perf drops them) and puts the queue on the heap.
+    fn setup(&mut self, q: &mut Queue<'_>) {
+        let origin = self.origin(q);
+        q.decoder.set_space(self.space(&origin));
+        let mut blocks = |_: &Block| {};
+        loop {
+            match q.decoder.next_state(&mut blocks) {
+                None => return,
+                Some(State {
+                    kind: StateKind::Error { .. },
+                    ..
+                }) => continue,
+                Some(state) if state.tsc != 0 => {
+                    q.timestamp = state.tsc;
+                    q.pending = Some(state);
+                    q.on_heap = true;
+                    q.ordinal = q.timestamp;
+                    return;
+                }
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// perf's `intel_pt_process_queues`.
+    fn process_queues(&mut self, queues: &mut [Queue<'_>], limit: u64) {
+        loop {
+            // The heap's top: the smallest ordinal (ties: the lower queue number).
+            let Some(first) = (0..queues.len())
+                .filter(|&i| queues[i].on_heap)
+                .min_by_key(|&i| (queues[i].ordinal, queues[i].idx))
+            else {
+                return;
+            };
+            if queues[first].ordinal >= limit {
+                return;
+            }
+            let next = (0..queues.len())
+                .filter(|&i| i != first && queues[i].on_heap)
+                .map(|i| queues[i].ordinal)
+                .min();
+            let ts = match next {
+                Some(o) => o.saturating_add(1).min(limit),
+                None => limit,
+            };
+            let q = &mut queues[first];
+            q.on_heap = false;
+            if let Some(stop) = self.run_queue(q, ts) {
+                q.ordinal = stop;
+                q.on_heap = true;
+            }
+        }
+    }
+
+    fn deliver(&mut self, q: &Queue<'_>, origin: &Origin, state: State) {
+        let origin = Origin {
+            time: self.perf_time(q.timestamp),
+            ..*origin
+        };
+        let kind = match state.kind {
+            StateKind::Branch { from, to, flags } => {
+                self.stats.branches += 1;
+                BranchKind::Branch { from, to, flags }
+            }
+            StateKind::Error {
+                code,
+                ip,
+                offset,
+                detail,
+            } => {
+                self.stats.errors += 1;
+                BranchKind::Error(TraceError {
+                    code,
+                    message: error_code::message(code),
+                    ip,
+                    queue: q.idx,
+                    offset,
+                    detail,
+                })
+            }
+        };
+        self.sink.event(&BranchEvent { origin, kind });
+    }
+
+    /// perf's `intel_pt_run_decoder`: synthesises the pending sample, then decodes until the
+    /// queue's timestamp reaches `limit`. Returns the queue's timestamp then, or `None` when
+    /// the trace ended.
+    fn run_queue(&mut self, q: &mut Queue<'_>, limit: u64) -> Option<u64> {
+        let origin = self.origin(q);
+        q.decoder.set_space(self.space(&origin));
+        loop {
+            if let Some(state) = q.pending.take() {
+                self.deliver(q, &origin, state);
+            }
+            let (queue, stats) = (q.idx, &mut self.stats);
+            let sink = &mut *self.sink;
+            let mut on_block = |block: &Block| {
+                stats.instructions += u64::from(block.ninsn);
+                sink.block(&BlockRun {
+                    queue,
+                    origin,
+                    block,
+                });
+            };
+            let state = q.decoder.next_state(&mut on_block)?;
+            if let StateKind::Error { .. } = state.kind {
+                // perf: `ptq->timestamp = state->est_timestamp`, then the error at once.
+                if state.tsc != 0 {
+                    q.timestamp = state.tsc;
+                }
+                self.deliver(q, &origin, state);
+                continue;
+            }
+            if state.tsc > q.timestamp {
+                q.timestamp = state.tsc;
+            }
+            q.pending = Some(state);
+            if !self.timeless && q.timestamp >= limit {
+                return Some(q.timestamp);
+            }
+        }
+    }
+
+    /// Synthesises a sample still pending when decoding ends.
+    fn flush(&mut self, q: &mut Queue<'_>) {
+        if let Some(state) = q.pending.take() {
+            let origin = self.origin(q);
+            self.deliver(q, &origin, state);
+        }
+    }
+}

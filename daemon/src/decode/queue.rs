@@ -1,0 +1,352 @@
+//! One AUX queue's trace turned into perf's decoder states: the taken branches, trace starts
+//! and ends and errors that `intel_pt_decode` hands to perf's sample synthesis, with their TSC.
+
+use std::collections::VecDeque;
+
+use crate::pt::flow::{
+    Block, BlockConfig, BlockDecoder, BranchKind as InsnBranch, ErrorKind, Event, EventKind, Image,
+    InsnClass, Status,
+};
+
+use super::event::{error_code, BranchFlags};
+
+/// What perf's decoder reports, before it is given a thread and a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StateKind {
+    Branch {
+        from: u64,
+        to: u64,
+        flags: BranchFlags,
+    },
+    Error {
+        code: u32,
+        ip: u64,
+        offset: u64,
+        detail: String,
+    },
+}
+
+/// One decoder state and the TSC it carries (0: no timing packet seen yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct State {
+    pub kind: StateKind,
+    pub tsc: u64,
+}
+
+/// A branch ending a block, held until the next item tells whether tracing stopped at it.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    from: u64,
+    to: u64,
+    flags: u32,
+    tsc: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    NeedSync,
+    Running(Status),
+    Done,
+}
+
+/// perf's flags for a branch instruction (`intel_pt_insn_type` of its op).
+pub(crate) fn insn_flags(kind: InsnBranch) -> u32 {
+    use BranchFlags as F;
+    match kind {
+        InsnBranch::Conditional => F::BRANCH | F::CONDITIONAL,
+        InsnBranch::Jump | InsnBranch::IndirectJump | InsnBranch::FarJump => F::BRANCH,
+        InsnBranch::Call | InsnBranch::IndirectCall | InsnBranch::FarCall => F::BRANCH | F::CALL,
+        InsnBranch::Return | InsnBranch::FarReturn => F::BRANCH | F::RETURN,
+        InsnBranch::Syscall => F::BRANCH | F::CALL | F::SYSCALLRET,
+        InsnBranch::Sysret => F::BRANCH | F::RETURN | F::SYSCALLRET,
+        InsnBranch::SoftwareInterrupt => F::BRANCH | F::CALL | F::INTERRUPT,
+        InsnBranch::Iret => F::BRANCH | F::RETURN | F::INTERRUPT,
+        InsnBranch::VmEntry => F::BRANCH | F::CALL | F::VMENTRY,
+        // perf's instruction decoder does not know VMCALL as a branch.
+        InsnBranch::VmCall => 0,
+    }
+}
+
+/// perf's error code for a flow error.
+fn perf_code(kind: ErrorKind) -> u32 {
+    match kind {
+        ErrorKind::Nomap | ErrorKind::BadInsn | ErrorKind::BadOpc => error_code::NOINSN,
+        ErrorKind::BadQuery
+        | ErrorKind::RetstackEmpty
+        | ErrorKind::BadRetcomp
+        | ErrorKind::NoEnable
+        | ErrorKind::BadContext
+        | ErrorKind::BadStatusUpdate => error_code::MISMAT,
+        ErrorKind::BadPacket => error_code::BADPKT,
+        ErrorKind::NoProgress => error_code::NELOOP,
+        ErrorKind::Nomem => error_code::NOMEM,
+        ErrorKind::Eos | ErrorKind::Nosync => error_code::NODATA,
+        ErrorKind::Internal
+        | ErrorKind::Noip
+        | ErrorKind::IpSuppressed
+        | ErrorKind::EventIgnored => error_code::INTERN,
+    }
+}
+
+/// Longest straight-line walk when locating where perf's walk stopped (diagnostic IPs only).
+const WALK_LIMIT: usize = 4096;
+
+/// The decoder of one queue's trace, producing perf's states one at a time.
+pub(crate) struct QueueDecoder<'a> {
+    decoder: BlockDecoder<'a>,
+    phase: Phase,
+    ready: VecDeque<State>,
+    pending: Option<Pending>,
+    block: Block,
+    last_sync: Option<usize>,
+}
+
+impl<'a> QueueDecoder<'a> {
+    pub fn new(trace: &'a [u8], image: &'a dyn Image, mut config: BlockConfig) -> Self {
+        // perf reports every taken branch, direct ones included: one branch per block.
+        config.end_on_call = true;
+        config.end_on_jump = true;
+        QueueDecoder {
+            decoder: BlockDecoder::new(trace, image, config),
+            phase: Phase::NeedSync,
+            ready: VecDeque::new(),
+            pending: None,
+            block: Block::default(),
+            last_sync: None,
+        }
+    }
+
+    /// Sets the address space code is read in from now on.
+    pub fn set_space(&mut self, space: u64) {
+        self.decoder.set_space(space);
+    }
+
+    /// The next state; `None` at the end of the trace. `on_block` sees every block decoded.
+    pub fn next_state(&mut self, on_block: &mut dyn FnMut(&Block)) -> Option<State> {
+        loop {
+            if let Some(state) = self.ready.pop_front() {
+                return Some(state);
+            }
+            if matches!(self.phase, Phase::Done) {
+                return None;
+            }
+            self.step(on_block);
+        }
+    }
+
+    fn tsc(&self) -> u64 {
+        self.decoder.tsc().unwrap_or(0)
+    }
+
+    fn push_branch(&mut self, from: u64, to: u64, flags: u32, tsc: u64) {
+        self.ready.push_back(State {
+            kind: StateKind::Branch {
+                from,
+                to,
+                flags: BranchFlags(flags),
+            },
+            tsc,
+        });
+    }
+
+    /// Emits the held branch as it is (tracing went on after it).
+    fn flush_pending(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.push_branch(p.from, p.to, p.flags, p.tsc);
+        }
+    }
+
+    fn push_error(&mut self, kind: ErrorKind, code: u32, ip: u64) {
+        self.flush_pending();
+        let tsc = self.tsc();
+        self.ready.push_back(State {
+            kind: StateKind::Error {
+                code,
+                ip,
+                offset: self.decoder.offset() as u64,
+                detail: kind.to_string(),
+            },
+            tsc,
+        });
+    }
+
+    fn step(&mut self, on_block: &mut dyn FnMut(&Block)) {
+        match self.phase {
+            Phase::Done => {}
+            Phase::NeedSync => match self.decoder.sync_forward() {
+                Ok(status) => {
+                    self.last_sync = self.decoder.sync_offset();
+                    self.phase = Phase::Running(status);
+                }
+                Err(ErrorKind::Eos) => self.finish(),
+                Err(kind) => {
+                    self.push_error(kind, perf_code(kind), 0);
+                    let now = self.decoder.sync_offset();
+                    if now.is_none() || now <= self.last_sync {
+                        self.finish();
+                    } else {
+                        self.last_sync = now;
+                    }
+                }
+            },
+            Phase::Running(status) => {
+                if status.event_pending() {
+                    let ip = self.decoder.ip();
+                    match self.decoder.event() {
+                        Ok((event, next)) => {
+                            self.phase = Phase::Running(next);
+                            self.on_event(&event, ip);
+                        }
+                        Err(kind) => self.fail(kind, ip),
+                    }
+                    return;
+                }
+                if status.eos() {
+                    self.finish();
+                    return;
+                }
+                let mut block = self.block;
+                let result = self.decoder.next_block(&mut block);
+                self.block = block;
+                on_block(&block);
+                match result {
+                    Ok(next) => {
+                        self.on_block(&block, true);
+                        self.phase = Phase::Running(next);
+                    }
+                    Err(ErrorKind::Eos) => {
+                        self.on_block(&block, false);
+                        self.finish();
+                    }
+                    Err(kind) => {
+                        self.on_block(&block, false);
+                        let ip = crate::pt::flow::error_ip(&mut self.decoder, &block, kind);
+                        self.fail(kind, ip);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.flush_pending();
+        self.phase = Phase::Done;
+    }
+
+    fn fail(&mut self, kind: ErrorKind, ip: u64) {
+        if kind == ErrorKind::Eos {
+            self.finish();
+            return;
+        }
+        self.push_error(kind, perf_code(kind), ip);
+        self.phase = Phase::NeedSync;
+    }
+
+    /// The branch a block ends with, if it was taken.
+    fn on_block(&mut self, block: &Block, completed: bool) {
+        if block.ninsn == 0 {
+            return;
+        }
+        let Some(last) = block.last else { return };
+        let Some(kind) = last.branch_kind() else {
+            return;
+        };
+        let flags = insn_flags(kind);
+        if flags == 0 {
+            return;
+        }
+        // A block that failed did not complete a branch needing trace.
+        let direct = last.next_ip_without_trace().is_ok();
+        if !completed && !direct {
+            return;
+        }
+        let to = if direct {
+            last.next_ip_without_trace().unwrap_or(0)
+        } else {
+            self.decoder.ip()
+        };
+        if last.class == InsnClass::CondJump && Some(to) != last.target {
+            return;
+        }
+        self.flush_pending();
+        self.pending = Some(Pending {
+            from: last.ip,
+            to,
+            flags,
+            tsc: self.tsc(),
+        });
+    }
+
+    /// Where perf's walk stops after `ip`: the next branch instruction (perf's decoder only
+    /// reads the next packet there), or `ip` when its code cannot be read.
+    fn walk_to_branch(&mut self, ip: u64) -> u64 {
+        let mode = self.decoder.mode();
+        let mut at = ip;
+        for _ in 0..WALK_LIMIT {
+            match self.decoder.insn(mode, at) {
+                Ok(insn) if insn.branch_kind().is_none() => at = insn.next_ip(),
+                _ => return at,
+            }
+        }
+        at
+    }
+
+    fn on_event(&mut self, event: &Event, ip_before: u64) {
+        use BranchFlags as F;
+        if event.status_update {
+            return;
+        }
+        let tsc = event.tsc.unwrap_or_else(|| self.tsc());
+        match event.kind {
+            EventKind::Enabled { ip, .. } => {
+                self.flush_pending();
+                self.push_branch(0, ip.unwrap_or(0), F::BRANCH | F::TRACE_BEGIN, tsc);
+            }
+            EventKind::Disabled { .. } => match self.pending.take() {
+                Some(p) => self.push_branch(p.from, 0, p.flags | F::TRACE_END, p.tsc),
+                None => self.push_branch(ip_before, 0, F::BRANCH | F::TRACE_END, tsc),
+            },
+            EventKind::AsyncDisabled { at, .. } => {
+                self.flush_pending();
+                self.push_branch(at, 0, F::BRANCH | F::ASYNC | F::TRACE_END, tsc);
+            }
+            EventKind::AsyncBranch { from, to } => {
+                self.flush_pending();
+                self.push_branch(
+                    from,
+                    to.unwrap_or(0),
+                    F::BRANCH | F::CALL | F::ASYNC | F::INTERRUPT,
+                    tsc,
+                );
+            }
+            EventKind::Overflow { ip } => {
+                self.flush_pending();
+                let at = if ip_before == 0 {
+                    0
+                } else {
+                    self.walk_to_branch(ip_before)
+                };
+                self.push_error(ErrorKind::Internal, error_code::OVR, at);
+                if let Some(State {
+                    kind: StateKind::Error { detail, .. },
+                    ..
+                }) = self.ready.back_mut()
+                {
+                    *detail = "overflow".to_owned();
+                }
+                if let Some(ip) = ip {
+                    self.push_branch(0, ip, F::BRANCH | F::TRACE_BEGIN, tsc);
+                }
+            }
+            EventKind::Tsx {
+                ip: Some(ip),
+                aborted: true,
+                ..
+            } => {
+                self.flush_pending();
+                self.push_branch(ip, 0, F::BRANCH | F::TX_ABORT, tsc);
+            }
+            _ => {}
+        }
+    }
+}
