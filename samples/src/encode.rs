@@ -45,6 +45,10 @@ pub struct Config {
     /// the encoder ends a buffer at the first packet boundary past that, noting the TSC
     /// ([`Encoded::splits`]).
     pub aux_split: usize,
+    /// Cycle-accurate mode (perf's `cyc`, CycThresh 0): a CYC packet with the core cycles since the
+    /// previous one precedes the CYC-eligible packets of each cycle (TNT — at its first branch —, TIP,
+    /// TIP.PGE, TIP.PGD, MODE.Exec, MTC, TSC, OVF).
+    pub cyc: bool,
 }
 
 /// A simulated internal buffer overflow: the packets of `lost` instructions from instruction number
@@ -72,6 +76,7 @@ impl Default for Config {
             flip_tnt: None,
             overflow: None,
             aux_split: 0,
+            cyc: false,
         }
     }
 }
@@ -129,6 +134,7 @@ pub struct Stats {
     pub fups: u64,
     pub overflows: u64,
     pub mtcs: u64,
+    pub cycs: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -143,6 +149,7 @@ impl std::ops::AddAssign for Stats {
         self.fups += o.fups;
         self.overflows += o.overflows;
         self.mtcs += o.mtcs;
+        self.cycs += o.cycs;
     }
 }
 
@@ -150,7 +157,7 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP, {} OVF, {} MTC",
+            "{} PSB, {} short + {} long TNT, {} TIP, {} compressed returns, {} TIP.PGE, {} TIP.PGD, {} FUP, {} OVF, {} MTC, {} CYC",
             self.psbs,
             self.tnt_short,
             self.tnt_long,
@@ -160,7 +167,8 @@ impl std::fmt::Display for Stats {
             self.pgd,
             self.fups,
             self.overflows,
-            self.mtcs
+            self.mtcs,
+            self.cycs
         )
     }
 }
@@ -230,7 +238,14 @@ struct Encoder<'a> {
     clock: u64,
     /// The CTC period (CTC >> mtc_freq) of the last MTC or TMA.
     mtc_period: u64,
+    /// The clock at the last CYC packet (or the start).
+    cyc_clock: u64,
+    /// The clock before which the MTC period cannot change (so `mtc` need not compute it).
+    mtc_quiet_until: u64,
+    /// Where the last PSB starts, counted from the start of the stream (drained bytes included).
     last_psb: usize,
+    /// Bytes already handed out of `out` by [`Stream::take`].
+    drained: usize,
     stats: Stats,
     /// Instructions seen so far.
     executed: u64,
@@ -258,7 +273,10 @@ impl<'a> Encoder<'a> {
             enabled: false,
             clock: 0,
             mtc_period: 0,
+            cyc_clock: 0,
+            mtc_quiet_until: 0,
             last_psb: 0,
+            drained: 0,
             stats: Stats::default(),
             executed: 0,
             overflowing: false,
@@ -302,11 +320,7 @@ impl<'a> Encoder<'a> {
             return false;
         }
         if !self.enabled {
-            self.mode_exec();
-            self.tsc();
-            self.ip_packet(TIP_PGE, ip);
-            self.stats.pge += 1;
-            self.enabled = true;
+            self.enable(ip);
         } else {
             self.mtc();
         }
@@ -344,10 +358,41 @@ impl<'a> Encoder<'a> {
                 return true;
             }
         }
-        if self.out.len() - self.last_psb >= self.cfg.psb_period {
+        if self.drained + self.out.len() - self.last_psb >= self.cfg.psb_period {
             self.psb_plus(Some(next));
         }
         true
+    }
+
+    /// A CYC packet with the cycles since the previous one, if cycle-accurate mode is on and the clock
+    /// moved since (one CYC per cycle precedes the CYC-eligible packets of that cycle).
+    fn cyc(&mut self) {
+        if !self.cfg.cyc || self.clock <= self.cyc_clock {
+            return;
+        }
+        let mut count = self.clock - self.cyc_clock;
+        self.cyc_clock = self.clock;
+        // First byte: bits 7:3 hold count 4:0, bit 2 says more bytes follow, bits 1:0 are 11. Each
+        // further byte: bits 7:1 hold the next 7 bits, bit 0 says more follow.
+        let more = count >> 5 != 0;
+        self.out
+            .push(((count & 0x1f) as u8) << 3 | u8::from(more) << 2 | 0b11);
+        count >>= 5;
+        while count != 0 {
+            let more = count >> 7 != 0;
+            self.out.push(((count & 0x7f) as u8) << 1 | u8::from(more));
+            count >>= 7;
+        }
+        self.stats.cycs += 1;
+    }
+
+    /// Tracing (re)starts at `ip`: MODE.Exec, TSC (+ TMA), TIP.PGE.
+    fn enable(&mut self, ip: u64) {
+        self.mode_exec();
+        self.tsc();
+        self.ip_packet(TIP_PGE, ip);
+        self.stats.pge += 1;
+        self.enabled = true;
     }
 
     /// Whether instruction number `n` (at `ip`) falls in the simulated overflow; writes OVF and FUP when
@@ -373,6 +418,7 @@ impl<'a> Encoder<'a> {
     /// the FUP carries the full IP, since a decoder may still hold an old last IP.
     fn end_overflow(&mut self, ip: u64) {
         self.overflowing = false;
+        self.cyc();
         self.out.extend_from_slice(&[0x02, 0xf3]);
         self.returns.clear();
         // A last IP sharing no upper bits with `ip` makes ip_packet choose the full width.
@@ -400,6 +446,7 @@ impl<'a> Encoder<'a> {
     fn leave(&mut self) {
         self.produced_packet = true;
         self.flush_tnt();
+        self.cyc();
         self.out.push(TIP_PGD);
         self.stats.pgd += 1;
         self.enabled = false;
@@ -418,6 +465,10 @@ impl<'a> Encoder<'a> {
 
     fn tnt(&mut self, taken: bool) {
         self.produced_packet = true;
+        if self.tnt_count == 0 {
+            // The CYC of a TNT packet times its first branch, and goes out with that branch.
+            self.cyc();
+        }
         let flip = self.cfg.flip_tnt == Some(self.tnt_seen);
         self.tnt_seen += 1;
         self.tnt_bits = (self.tnt_bits << 1) | u64::from(taken != flip);
@@ -454,6 +505,9 @@ impl<'a> Encoder<'a> {
 
     /// A TIP-family packet with the IP compressed against the last IP, the shortest way.
     fn ip_packet(&mut self, opcode: u8, ip: u64) {
+        if opcode != FUP {
+            self.cyc();
+        }
         let last = self.last_ip;
         let sign_extended_48 = ((ip << 16) as i64 >> 16) as u64 == ip;
         let (ip_bytes, len) = if ip >> 16 == last >> 16 {
@@ -473,6 +527,7 @@ impl<'a> Encoder<'a> {
     }
 
     fn mode_exec(&mut self) {
+        self.cyc();
         // Leaf 0 (Exec), CS.L = 1: 64-bit code.
         self.out.extend_from_slice(&[0x99, 0x01]);
     }
@@ -480,6 +535,7 @@ impl<'a> Encoder<'a> {
     /// TSC, and TMA when MTC is on (perf forgets its CTC reference at every TSC).
     fn tsc(&mut self) {
         let tsc = self.cfg.tsc_at(self.clock);
+        self.cyc();
         self.out.push(0x19);
         self.out.extend_from_slice(&tsc.to_le_bytes()[..7]);
         if let Some(freq) = self.cfg.mtc_freq {
@@ -499,8 +555,20 @@ impl<'a> Encoder<'a> {
         let Some(freq) = self.cfg.mtc_freq else {
             return;
         };
+        if self.clock < self.mtc_quiet_until {
+            return;
+        }
         let period = (self.cfg.tsc_at(self.clock) / self.cfg.tsc_per_ctc) >> freq;
+        // The first clock at which the next period starts: tsc_at(c) >= its first TSC.
+        let next_tsc = ((period + 1) << freq) * self.cfg.tsc_per_ctc;
+        let ratio = u64::from(self.cfg.max_nonturbo_ratio).max(1);
+        let cbr = u64::from(self.cfg.cbr.max(1));
+        self.mtc_quiet_until = next_tsc
+            .saturating_sub(self.cfg.tsc_start)
+            .saturating_mul(cbr)
+            .div_ceil(ratio);
         if period > self.mtc_period {
+            self.cyc();
             self.out.extend_from_slice(&[0x59, period as u8]);
             self.mtc_period = period;
             self.stats.mtcs += 1;
@@ -511,7 +579,7 @@ impl<'a> Encoder<'a> {
     /// on (MODE.Exec and FUP are only sent then).
     fn psb_plus(&mut self, at: Option<u64>) {
         self.flush_tnt();
-        self.last_psb = self.out.len();
+        self.last_psb = self.drained + self.out.len();
         for _ in 0..8 {
             self.out.extend_from_slice(&[0x02, 0x82]);
         }
@@ -587,6 +655,98 @@ pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
             }
         })
         .collect()
+}
+
+/// An Intel PT stream written piece by piece, for flows too long to hold in memory (see
+/// [`crate::bulk`]): the caller walks the flow a basic block at a time, handing over the straight-line
+/// instructions as a count and each control transfer as itself, and takes the bytes written so far
+/// whenever it likes (they always end between packets; pending TNT bits stay for the next piece).
+pub struct Stream<'a> {
+    enc: Encoder<'a>,
+}
+
+impl<'a> Stream<'a> {
+    /// A stream that starts with a PSB+, tracing off.
+    pub fn new(cfg: &'a Config) -> Self {
+        let mut enc = Encoder::new(cfg);
+        enc.psb_plus(None);
+        Stream { enc }
+    }
+
+    /// `count` instructions that transfer no control, the first at `ip` (where tracing starts if it is
+    /// off).
+    pub fn straight(&mut self, ip: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.enc.executed += count;
+        if self.enc.enabled {
+            self.enc.mtc();
+        } else {
+            self.enc.enable(ip);
+        }
+        self.enc.advance(count);
+    }
+
+    /// The control transfer at `ip` executes and execution goes on at `next`.
+    pub fn branch(&mut self, ip: u64, len: u8, kind: Kind, next: u64) {
+        self.enc.instruction(ip, len, kind, Some(next));
+    }
+
+    /// The control transfer at `ip` executes and tracing stops with it (TIP.PGD without an IP): a
+    /// syscall, or a branch whose target is not traced.
+    pub fn branch_then_stop(&mut self, ip: u64, len: u8, kind: Kind) {
+        let enc = &mut self.enc;
+        enc.executed += 1;
+        if enc.enabled {
+            enc.mtc();
+        } else {
+            enc.enable(ip);
+        }
+        enc.advance(1);
+        if kind.pushes_return() {
+            if enc.returns.len() == RETURN_STACK_DEPTH {
+                enc.returns.pop_front();
+            }
+            enc.returns.push_back(ip + u64::from(len));
+        } else if kind == Kind::Return {
+            // perf pops its return stack at every return.
+            enc.returns.pop_back();
+        }
+        enc.leave();
+    }
+
+    /// Tracing stops asynchronously before the instruction at `at`, which does not execute (FUP,
+    /// TIP.PGD): a decoder walks to `at` from its last packet and stops at the first arrival there.
+    pub fn stop_before(&mut self, at: u64) {
+        self.enc.interrupt(at);
+    }
+
+    /// Bytes written and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.enc.out.len()
+    }
+
+    /// The bytes written since the last take.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.enc.drained += self.enc.out.len();
+        std::mem::take(&mut self.enc.out)
+    }
+
+    /// Flushes pending TNT bits and returns the last bytes.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.enc.flush_tnt();
+        self.take()
+    }
+
+    /// The model clock now, as a TSC.
+    pub fn tsc(&self) -> u64 {
+        self.enc.cfg.tsc_at(self.enc.clock)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.enc.stats
+    }
 }
 
 const TIP: u8 = 0x0d;

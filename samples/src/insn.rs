@@ -67,7 +67,8 @@ pub fn decode(bytes: &[u8], ip: u64) -> Option<Insn> {
     })
 }
 
-fn classify(instr: &Instruction) -> Kind {
+/// The class of a decoded instruction.
+pub fn classify(instr: &Instruction) -> Kind {
     // iced-x86 calls syscall and sysenter "Call"s.
     if matches!(instr.code(), Code::Syscall | Code::Sysenter) {
         return Kind::Syscall;

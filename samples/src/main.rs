@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use ptlens_synth::{check, encode, recording, sample, trace};
+use ptlens_synth::{bulk, check, encode, recording, sample, trace};
 
 /// Runs a program under ptrace and writes the Intel PT recording (perf.data and a build-id cache) that
 /// `perf record -e intel_pt//u` on Intel PT hardware would have made of it.
@@ -48,6 +48,9 @@ enum Command {
         /// No MTC (and TMA) timing packets: TSC only.
         #[arg(long)]
         no_mtc: bool,
+        /// Cycle-accurate mode: CYC packets (perf's `cyc`).
+        #[arg(long)]
+        cyc: bool,
         /// Make perf decode without timestamps (cap_user_time_zero 0).
         #[arg(long)]
         timeless: bool,
@@ -79,6 +82,31 @@ enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+    /// Write a benchmark recording of any size into DIR: a seeded walk over BINARY's control-flow graph
+    /// (perf.data, .build-id/, expected-counts.bin with the instruction and per-branch counts).
+    Bulk {
+        /// A large x86-64 ELF binary to walk, e.g. /usr/bin/perf.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Bytes of trace: a number, or with K, M or G (e.g. 1G).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// PRNG seed: the same seed and binary give the same recording.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Bytes per AUXTRACE buffer (K, M, G allowed).
+        #[arg(long, value_parser = parse_size, default_value = "4M")]
+        aux_buffer: u64,
+        /// Cycle-accurate mode: CYC packets.
+        #[arg(long)]
+        cyc: bool,
+        /// Check the result with perf afterwards (for small sizes: perf prints every instruction).
+        #[arg(long)]
+        check: bool,
+    },
     /// Decode DIR with perf and compare with its ground truth.
     Check {
         /// A directory written by `record`.
@@ -97,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             tnt_capacity,
             aux_split,
             no_mtc,
+            cyc,
             timeless,
             aslr,
             max_insns,
@@ -109,7 +138,8 @@ fn main() -> anyhow::Result<()> {
             if per_cpu.is_some() {
                 anyhow::ensure!(
                     overflow_at.is_none(),
-                    "--overflow-at is not supported with --per-cpu yet"
+                    "--overflow-at cannot go with --per-cpu: simulated overflows are only written into \
+                     per-thread recordings so far"
                 );
                 anyhow::ensure!(
                     !timeless,
@@ -124,6 +154,7 @@ fn main() -> anyhow::Result<()> {
                     tnt_capacity,
                     mtc_freq: if no_mtc { None } else { Some(3) },
                     aux_split,
+                    cyc,
                     flip_tnt: corrupt_tnt,
                     overflow: overflow_at.map(|at| encode::Overflow {
                         at,
@@ -141,6 +172,35 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{rec}");
             if check {
                 run_check(&out)?;
+            }
+        }
+        Command::Bulk {
+            binary,
+            size,
+            out,
+            seed,
+            aux_buffer,
+            cyc,
+            check,
+        } => {
+            let mut opts = bulk::Options::new(&binary, size);
+            opts.seed = seed;
+            opts.aux_buffer = usize::try_from(aux_buffer).context("--aux-buffer too large")?;
+            opts.encode.cyc = cyc;
+            let started = std::time::Instant::now();
+            let summary = bulk::generate(&out, &opts).with_context(|| {
+                format!("generating a bulk recording over {}", binary.display())
+            })?;
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{summary}\n{:.1} s, {:.1} MB/s of trace",
+                secs,
+                summary.trace_bytes as f64 / 1e6 / secs
+            );
+            if check {
+                let verdict = bulk::check(&out).context("checking with perf")?;
+                anyhow::ensure!(verdict.is_exact(), "perf disagrees: {verdict}");
+                eprintln!("perf agrees: {verdict}");
             }
         }
         Command::Check { dir } => run_check(&dir)?,
@@ -177,4 +237,9 @@ fn run_check(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     eprintln!("perf agrees: {verdict}");
     Ok(())
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    bulk::parse_size(text)
+        .ok_or_else(|| format!("not a size: {text} (bytes, or e.g. 512K, 4M, 1G)"))
 }

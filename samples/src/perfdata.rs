@@ -57,6 +57,8 @@ pub mod misc {
 
 const FEAT_BUILD_ID: usize = 2;
 const FEAT_AUXTRACE: usize = 18;
+/// The features we write, in bit order (the order of their sections).
+const FEATURES: [usize; 2] = [FEAT_BUILD_ID, FEAT_AUXTRACE];
 
 /// The size of the attr we write (PERF_ATTR_SIZE_VER7).
 const ATTR_SIZE: usize = 128;
@@ -113,7 +115,9 @@ pub struct PerfData {
     /// The sample_type that decides the trailer layout (all attrs share it).
     sample_type: u64,
     data: Vec<u8>,
-    /// (offset in `data`, header size) of each AUXTRACE record.
+    /// Bytes of records already handed out by [`PerfData::take_data`] (streamed to a file).
+    data_taken: u64,
+    /// (offset in the data section, header size) of each AUXTRACE record.
     auxtrace_index: Vec<(u64, u64)>,
     build_ids: Vec<BuildIdEntry>,
 }
@@ -125,6 +129,7 @@ impl PerfData {
             attrs,
             sample_type,
             data: Vec::new(),
+            data_taken: 0,
             auxtrace_index: Vec::new(),
             build_ids: Vec::new(),
         }
@@ -251,7 +256,7 @@ impl PerfData {
         cpu: i32,
     ) {
         let padded = payload.len().div_ceil(8) * 8;
-        let at = self.data.len() as u64;
+        let at = self.data_taken + self.data.len() as u64;
         let mut b = Vec::new();
         b.extend_from_slice(&(padded as u64).to_le_bytes());
         b.extend_from_slice(&offset.to_le_bytes());
@@ -310,28 +315,33 @@ impl PerfData {
         self.build_ids.push(entry);
     }
 
-    /// The whole file.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Where the data section starts: after the header, the attrs and their ids.
+    fn data_offset(&self) -> usize {
+        let ids_offset = HEADER_SIZE + (ATTR_SIZE + 16) * self.attrs.len();
+        let ids_size: usize = self.attrs.iter().map(|a| 8 * a.ids.len()).sum();
+        (ids_offset + ids_size).div_ceil(8) * 8
+    }
+
+    /// The file up to the data section (header, attrs, ids, padding) for a data section of `data_size`
+    /// bytes.
+    fn head(&self, data_size: u64) -> Vec<u8> {
         let attr_entry = ATTR_SIZE + 16;
         let attrs_offset = HEADER_SIZE;
         let ids_offset = attrs_offset + attr_entry * self.attrs.len();
-        let ids_size: usize = self.attrs.iter().map(|a| 8 * a.ids.len()).sum();
-        let data_offset = (ids_offset + ids_size).div_ceil(8) * 8;
-        let data_size = self.data.len();
+        let data_offset = self.data_offset();
 
-        let mut f = Vec::with_capacity(data_offset + data_size + 4096);
+        let mut f = Vec::with_capacity(data_offset);
         f.extend_from_slice(b"PERFILE2");
         put_u64(&mut f, HEADER_SIZE as u64);
         put_u64(&mut f, attr_entry as u64);
         put_u64(&mut f, attrs_offset as u64);
         put_u64(&mut f, (attr_entry * self.attrs.len()) as u64);
         put_u64(&mut f, data_offset as u64);
-        put_u64(&mut f, data_size as u64);
+        put_u64(&mut f, data_size);
         put_u64(&mut f, 0); // event_types
         put_u64(&mut f, 0);
-        let features = [FEAT_BUILD_ID, FEAT_AUXTRACE];
         let mut bitmap = [0u64; 4];
-        for &bit in &features {
+        for &bit in &FEATURES {
             bitmap[bit / 64] |= 1 << (bit % 64);
         }
         for w in bitmap {
@@ -352,22 +362,32 @@ impl PerfData {
             }
         }
         f.resize(data_offset, 0);
-        f.extend_from_slice(&self.data);
+        f
+    }
 
-        // Feature sections: the {offset, size} table, then each section in bit order.
-        let table_at = f.len();
-        f.resize(table_at + 16 * features.len(), 0);
+    /// The feature sections that follow the data section: the {offset, size} table, then each section
+    /// in bit order. `table_at` is the file offset where they start.
+    fn tail(&self, table_at: u64) -> Vec<u8> {
+        let mut f = vec![0u8; 16 * FEATURES.len()];
         let sections = [
             self.build_id_section(),
-            self.auxtrace_section(data_offset as u64),
+            self.auxtrace_section(self.data_offset() as u64),
         ];
         for (i, body) in sections.iter().enumerate() {
-            let at = f.len() as u64;
+            let at = table_at + f.len() as u64;
             f.extend_from_slice(body);
-            let slot = table_at + 16 * i;
-            f[slot..slot + 8].copy_from_slice(&at.to_le_bytes());
-            f[slot + 8..slot + 16].copy_from_slice(&(body.len() as u64).to_le_bytes());
+            f[16 * i..16 * i + 8].copy_from_slice(&at.to_le_bytes());
+            f[16 * i + 8..16 * i + 16].copy_from_slice(&(body.len() as u64).to_le_bytes());
         }
+        f
+    }
+
+    /// The whole file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut f = self.head(self.data.len() as u64);
+        f.extend_from_slice(&self.data);
+        let table_at = f.len() as u64;
+        f.extend_from_slice(&self.tail(table_at));
         f
     }
 
@@ -404,6 +424,54 @@ impl PerfData {
             put_u64(&mut s, size);
         }
         s
+    }
+}
+
+/// A perf.data file written as it is made, for recordings too large to hold in memory: the records
+/// added to the [`PerfData`] go to disk at each [`PerfDataFile::flush_records`]; [`PerfDataFile::finish`]
+/// appends the feature sections and fills in the header's data size.
+pub struct PerfDataFile {
+    pd: PerfData,
+    out: io::BufWriter<std::fs::File>,
+}
+
+impl PerfDataFile {
+    /// Creates `path` and writes the header (data size still 0) and the attrs of `pd`, which must hold
+    /// every attr and id already; records may follow.
+    pub fn create(path: &std::path::Path, pd: PerfData) -> io::Result<Self> {
+        let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+        out.write_all(&pd.head(0))?;
+        Ok(PerfDataFile { pd, out })
+    }
+
+    /// The records are added here.
+    pub fn records(&mut self) -> &mut PerfData {
+        &mut self.pd
+    }
+
+    /// Writes the records added so far.
+    pub fn flush_records(&mut self) -> io::Result<()> {
+        let data = std::mem::take(&mut self.pd.data);
+        self.pd.data_taken += data.len() as u64;
+        self.out.write_all(&data)
+    }
+
+    /// Writes the remaining records and the feature sections, then the final header; returns the file
+    /// size.
+    pub fn finish(mut self) -> io::Result<u64> {
+        use std::io::{Seek, SeekFrom};
+        self.flush_records()?;
+        let data_size = self.pd.data_taken;
+        let table_at = self.pd.data_offset() as u64 + data_size;
+        self.out.write_all(&self.pd.tail(table_at))?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        let size = file.stream_position()?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&self.pd.head(data_size))?;
+        Ok(size)
     }
 }
 

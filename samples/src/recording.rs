@@ -179,27 +179,9 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     let pt_id = 1;
     let pmu_type = intel_pt_pmu_type();
 
-    let attr = Attr {
-        type_: pmu_type,
-        config: pt_config(&opts.encode),
-        sample_period: 1,
-        sample_type: sample::IP | sample::TID | sample::TIME | sample::CPU | sample::IDENTIFIER,
-        flags: attr_flag::DISABLED
-            | attr_flag::INHERIT
-            | attr_flag::EXCLUDE_KERNEL
-            | attr_flag::EXCLUDE_HV
-            | attr_flag::MMAP
-            | attr_flag::COMM
-            | attr_flag::ENABLE_ON_EXEC
-            | attr_flag::TASK
-            | attr_flag::SAMPLE_ID_ALL
-            | attr_flag::EXCLUDE_GUEST
-            | attr_flag::MMAP2
-            | attr_flag::COMM_EXEC,
-        ids: vec![pt_id],
-    };
+    let attr = per_thread_attr(&opts.encode, pmu_type, pt_id);
     let mut pd = PerfData::new(vec![attr]);
-    pd.auxtrace_info(&auxtrace_priv(&tc, opts, pmu_type));
+    pd.auxtrace_info(&auxtrace_priv(&tc, &opts.encode, opts.timeless, pmu_type));
     pd.time_conv(tc.shift, tc.mult, tc.zero, !opts.timeless);
 
     let sid = |tsc: u64| SampleId {
@@ -315,7 +297,7 @@ pub fn write_per_cpu(
     };
     let mut pd = PerfData::new(vec![attr]);
     pd.id_index(&ids);
-    let mut priv_ = auxtrace_priv(&tc, opts, pmu_type);
+    let mut priv_ = auxtrace_priv(&tc, &opts.encode, opts.timeless, pmu_type);
     priv_[7] = 3; // have_sched_switch: SWITCH_CPU_WIDE
     priv_[9] = 1; // per_cpu_mmaps
     pd.auxtrace_info(&priv_);
@@ -402,15 +384,42 @@ pub fn write_per_cpu(
     })
 }
 
+/// The intel_pt attr of a per-thread `perf record -e intel_pt//u -- PROGRAM`, with one id.
+pub(crate) fn per_thread_attr(cfg: &encode::Config, pmu_type: u32, pt_id: u64) -> Attr {
+    Attr {
+        type_: pmu_type,
+        config: pt_config(cfg),
+        sample_period: 1,
+        sample_type: sample::IP | sample::TID | sample::TIME | sample::CPU | sample::IDENTIFIER,
+        flags: attr_flag::DISABLED
+            | attr_flag::INHERIT
+            | attr_flag::EXCLUDE_KERNEL
+            | attr_flag::EXCLUDE_HV
+            | attr_flag::MMAP
+            | attr_flag::COMM
+            | attr_flag::ENABLE_ON_EXEC
+            | attr_flag::TASK
+            | attr_flag::SAMPLE_ID_ALL
+            | attr_flag::EXCLUDE_GUEST
+            | attr_flag::MMAP2
+            | attr_flag::COMM_EXEC,
+        ids: vec![pt_id],
+    }
+}
+
 /// The intel_pt config perf would use for `intel_pt//u`: pt, tsc, branch, psb_period=3, mtc with its
-/// mtc_period when the trace has MTC, and noretcomp when return compression is off. No CYC.
-fn pt_config(cfg: &encode::Config) -> u64 {
+/// mtc_period when the trace has MTC, cyc (CycThresh 0) in cycle-accurate mode, and noretcomp when
+/// return compression is off.
+pub(crate) fn pt_config(cfg: &encode::Config) -> u64 {
     let mut c = 1 | PT_TSC_BIT | (1 << 13) | (3 << 24);
     if !cfg.return_compression {
         c |= PT_NORETCOMP_BIT;
     }
     if let Some(freq) = cfg.mtc_freq {
         c |= PT_MTC_BIT | (u64::from(freq) << PT_MTC_FREQ_SHIFT);
+    }
+    if cfg.cyc {
+        c |= PT_CYC_BIT;
     }
     c
 }
@@ -423,24 +432,29 @@ const PT_MTC_BIT: u64 = 1 << 9;
 const PT_CYC_BIT: u64 = 1 << 1;
 
 /// AUXTRACE_INFO priv[0..=16] (see formats.md), per-thread, no filter.
-fn auxtrace_priv(tc: &TimeConv, opts: &Options, pmu_type: u32) -> Vec<u64> {
+pub(crate) fn auxtrace_priv(
+    tc: &TimeConv,
+    cfg: &encode::Config,
+    timeless: bool,
+    pmu_type: u32,
+) -> Vec<u64> {
     vec![
         u64::from(pmu_type),
         tc.shift,
         tc.mult,
         tc.zero,
-        u64::from(!opts.timeless), // cap_user_time_zero
+        u64::from(!timeless), // cap_user_time_zero
         PT_TSC_BIT,
         PT_NORETCOMP_BIT,
         0, // have_sched_switch
         0, // snapshot_mode
         0, // per_cpu_mmaps
         PT_MTC_BIT,
-        0xf << PT_MTC_FREQ_SHIFT,    // mtc_freq_bits
-        2 * opts.encode.tsc_per_ctc, // tsc_ctc_ratio_n
-        2,                           // tsc_ctc_ratio_d
+        0xf << PT_MTC_FREQ_SHIFT, // mtc_freq_bits
+        2 * cfg.tsc_per_ctc,      // tsc_ctc_ratio_n
+        2,                        // tsc_ctc_ratio_d
         PT_CYC_BIT,
-        u64::from(opts.encode.max_nonturbo_ratio),
+        u64::from(cfg.max_nonturbo_ratio),
         0, // filter_str_len
     ]
 }
