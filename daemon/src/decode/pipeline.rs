@@ -81,9 +81,70 @@ struct Queue<'a> {
     timestamp: u64,
     /// The state decoded last, whose sample is synthesised when the queue resumes.
     pending: Option<State>,
-    on_heap: bool,
-    /// The heap ordinal.
-    ordinal: u64,
+}
+
+/// perf's `auxtrace_heap` (util/auxtrace.c), ported as it is: which queue goes first when
+/// timestamps tie depends on its exact sift order.
+#[derive(Debug, Default)]
+struct AuxHeap {
+    /// (queue index, ordinal).
+    items: Vec<(usize, u64)>,
+}
+
+impl AuxHeap {
+    fn heapify(&mut self, mut pos: usize, item: (usize, u64)) {
+        while pos > 0 {
+            let parent = (pos - 1) >> 1;
+            if self.items[parent].1 <= item.1 {
+                break;
+            }
+            self.items[pos] = self.items[parent];
+            pos = parent;
+        }
+        self.items[pos] = item;
+    }
+
+    fn add(&mut self, queue: usize, ordinal: u64) {
+        self.items.push((queue, ordinal));
+        let pos = self.items.len() - 1;
+        self.heapify(pos, (queue, ordinal));
+    }
+
+    fn top(&self) -> Option<(usize, u64)> {
+        self.items.first().copied()
+    }
+
+    fn pop(&mut self) {
+        let count = self.items.len();
+        if count == 0 {
+            return;
+        }
+        let mut pos = 0;
+        loop {
+            let left = (pos << 1) + 1;
+            if left >= count {
+                break;
+            }
+            let right = left + 1;
+            if right >= count {
+                self.items[pos] = self.items[left];
+                self.items.truncate(count - 1);
+                return;
+            }
+            let child = if self.items[left].1 < self.items[right].1 {
+                left
+            } else {
+                right
+            };
+            self.items[pos] = self.items[child];
+            pos = child;
+        }
+        let last = self.items[count - 1];
+        self.items.truncate(count - 1);
+        if pos < self.items.len() {
+            self.heapify(pos, last);
+        }
+    }
 }
 
 fn as_i32(v: u32) -> i32 {
@@ -167,8 +228,6 @@ pub fn decode(
             decoder: QueueDecoder::new(bytes, image_ref, config),
             timestamp: 0,
             pending: None,
-            on_heap: false,
-            ordinal: 0,
         })
         .collect();
 
@@ -177,6 +236,7 @@ pub fn decode(
         image: &image,
         timeless: pt.timeless_decoding(),
         applied: None,
+        heap: AuxHeap::default(),
         sink,
         stats: DecodeStats {
             queues: queues.len(),
@@ -198,8 +258,8 @@ pub fn decode(
         let mut set_up = false;
         for &time in &times {
             if !set_up {
-                for q in &mut queues {
-                    run.setup(q);
+                for (i, q) in queues.iter_mut().enumerate() {
+                    run.setup(i, q);
                 }
                 set_up = true;
             }
@@ -208,8 +268,8 @@ pub fn decode(
             run.applied = Some(time);
         }
         if !set_up {
-            for q in &mut queues {
-                run.setup(q);
+            for (i, q) in queues.iter_mut().enumerate() {
+                run.setup(i, q);
             }
         }
         run.process_queues(&mut queues, u64::MAX);
@@ -231,6 +291,7 @@ struct Runner<'r> {
     timeless: bool,
     /// Perf time of the last sideband record applied.
     applied: Option<u64>,
+    heap: AuxHeap,
     sink: &'r mut dyn Sink,
     stats: DecodeStats,
 }
@@ -292,7 +353,7 @@ impl Runner<'_> {
 
     /// perf's `intel_pt_setup_queue`: decodes up to the first state with a timestamp (errors
     /// before it are dropped, as perf drops them) and puts the queue on the heap.
-    fn setup(&mut self, q: &mut Queue<'_>) {
+    fn setup(&mut self, index: usize, q: &mut Queue<'_>) {
         let origin = self.origin(q);
         q.decoder.set_space(self.space(&origin));
         let mut blocks = |_: &Block| {};
@@ -306,8 +367,7 @@ impl Runner<'_> {
                 Some(state) if state.tsc != 0 => {
                     q.timestamp = state.tsc;
                     q.pending = Some(state);
-                    q.on_heap = true;
-                    q.ordinal = q.timestamp;
+                    self.heap.add(index, q.timestamp);
                     return;
                 }
                 Some(_) => continue,
@@ -317,30 +377,17 @@ impl Runner<'_> {
 
     /// perf's `intel_pt_process_queues`.
     fn process_queues(&mut self, queues: &mut [Queue<'_>], limit: u64) {
-        loop {
-            // The heap's top: the smallest ordinal (ties: the lower queue number).
-            let Some(first) = (0..queues.len())
-                .filter(|&i| queues[i].on_heap)
-                .min_by_key(|&i| (queues[i].ordinal, queues[i].idx))
-            else {
-                return;
-            };
-            if queues[first].ordinal >= limit {
+        while let Some((first, ordinal)) = self.heap.top() {
+            if ordinal >= limit {
                 return;
             }
-            let next = (0..queues.len())
-                .filter(|&i| i != first && queues[i].on_heap)
-                .map(|i| queues[i].ordinal)
-                .min();
-            let ts = match next {
-                Some(o) => o.saturating_add(1).min(limit),
+            self.heap.pop();
+            let ts = match self.heap.top() {
+                Some((_, next)) => next.saturating_add(1).min(limit),
                 None => limit,
             };
-            let q = &mut queues[first];
-            q.on_heap = false;
-            if let Some(stop) = self.run_queue(q, ts) {
-                q.ordinal = stop;
-                q.on_heap = true;
+            if let Some(stop) = self.run_queue(&mut queues[first], ts) {
+                self.heap.add(first, stop);
             }
         }
     }

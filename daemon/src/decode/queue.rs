@@ -88,9 +88,6 @@ fn perf_code(kind: ErrorKind) -> u32 {
     }
 }
 
-/// Longest straight-line walk when locating where perf's walk stopped (diagnostic IPs only).
-const WALK_LIMIT: usize = 4096;
-
 /// The decoder of one queue's trace, producing perf's states one at a time.
 pub(crate) struct QueueDecoder<'a> {
     decoder: BlockDecoder<'a>,
@@ -277,20 +274,6 @@ impl<'a> QueueDecoder<'a> {
         });
     }
 
-    /// Where perf's walk stops after `ip`: the next branch instruction (perf's decoder only
-    /// reads the next packet there), or `ip` when its code cannot be read.
-    fn walk_to_branch(&mut self, ip: u64) -> u64 {
-        let mode = self.decoder.mode();
-        let mut at = ip;
-        for _ in 0..WALK_LIMIT {
-            match self.decoder.insn(mode, at) {
-                Ok(insn) if insn.branch_kind().is_none() => at = insn.next_ip(),
-                _ => return at,
-            }
-        }
-        at
-    }
-
     fn on_event(&mut self, event: &Event, ip_before: u64) {
         use BranchFlags as F;
         if event.status_update {
@@ -321,12 +304,8 @@ impl<'a> QueueDecoder<'a> {
             }
             EventKind::Overflow { ip } => {
                 self.flush_pending();
-                let at = if ip_before == 0 {
-                    0
-                } else {
-                    self.walk_to_branch(ip_before)
-                };
-                self.push_error(ErrorKind::Internal, error_code::OVR, at);
+                // perf reports the IP its walk had reached: after the last TNT bit used.
+                self.push_error(ErrorKind::Internal, error_code::OVR, ip_before);
                 if let Some(State {
                     kind: StateKind::Error { detail, .. },
                     ..
