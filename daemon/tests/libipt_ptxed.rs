@@ -4,10 +4,13 @@
 //! implement are listed below by case name with the reason; the test fails when a listed case
 //! passes or disappears, and when an unlisted one fails.
 
-use std::path::{Path, PathBuf};
-
 use ptlens::pt::flow::ptxed::{print, PtxedOptions};
 use ptlens::pt::flow::RawImage;
+
+#[path = "support/libipt.rs"]
+mod libipt;
+
+use libipt::{case_names, same_output, Case};
 
 /// Cases ptlens does not reproduce, with the reason.
 const EXCEPTIONS: &[(&str, &str)] = &[
@@ -268,22 +271,6 @@ const EXCEPTIONS: &[(&str, &str)] = &[
     ("trig-fup", "TRIG events not implemented"),
 ];
 
-fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/libipt")
-}
-
-/// Collapses each run of blanks to one space and drops trailing blanks, as `diff -b` compares.
-fn fold(line: &str) -> String {
-    line.split([' ', '\t'])
-        .filter(|word| !word.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn hex(text: &str) -> u64 {
-    u64::from_str_radix(text.trim_start_matches("0x"), 16).expect("hex address")
-}
-
 fn options_for(name: &str, args: &[String]) -> PtxedOptions {
     let mut options = PtxedOptions::default();
     let mut args = args.iter();
@@ -328,57 +315,22 @@ fn options_for(name: &str, args: &[String]) -> PtxedOptions {
 
 #[test]
 fn libipt_ptxed_corpus() {
-    let cases = corpus().join("cases");
-    let mut names: Vec<String> = std::fs::read_dir(&cases)
-        .expect("tests/data/libipt/cases")
-        .map(|entry| {
-            entry
-                .expect("directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 242, "the corpus has 242 cases");
-
     let (mut passed, mut skipped) = (0usize, 0usize);
     let mut failed = Vec::new();
     let mut unexpected_passes = Vec::new();
     let mut seen_exceptions = Vec::new();
-    for name in &names {
-        let dir = cases.join(name);
-        let case = json::parse(&read(&dir.join("case.json"))).expect("case.json is JSON");
-        let runs = case["runs"].items();
-        if runs
-            .iter()
-            .all(|run| run["expect"]["ptxed"].text().is_empty())
-        {
+    for name in &case_names() {
+        let case = Case::load(name);
+        let runs = case.json["runs"].items();
+        if runs.iter().all(|run| case.expected(run, "ptxed").is_none()) {
             continue;
         }
-        let args: Vec<String> = case["options"]["ptxed"]["args"]
-            .items()
-            .iter()
-            .map(|arg| arg.text().to_owned())
-            .collect();
-        let options = options_for(name, &args);
+        let options = options_for(name, &case.args("ptxed"));
         let mut image = RawImage::new();
-        for section in case["images"].items() {
-            let bytes = std::fs::read(dir.join(section["file"].text())).expect("image file");
-            let offset = match &section["offset"] {
-                json::Value::Number(n) => *n as usize,
-                _ => 0,
-            };
-            let end = match &section["size"] {
-                json::Value::Number(n) => offset + *n as usize,
-                _ => bytes.len(),
-            };
-            image.add(
-                hex(section["address"].text()),
-                bytes[offset.min(end)..end.min(bytes.len())].to_vec(),
-            );
+        for (address, bytes) in case.images() {
+            image.add(address, bytes);
         }
-        let trace = std::fs::read(dir.join(case["pt"].text())).expect("the case's .pt");
+        let trace = case.trace();
         let exception = EXCEPTIONS.iter().find(|(case, _)| case == name);
         if exception.is_some() {
             seen_exceptions.push(name.clone());
@@ -389,10 +341,8 @@ fn libipt_ptxed_corpus() {
             let mut output = Vec::new();
             print(&mut output, &trace, &image, &options).expect("write to a Vec");
             let output = String::from_utf8(output).expect("ASCII");
-            let expected = read(&dir.join(run["expect"]["ptxed"].text()));
-            let ours: Vec<String> = output.lines().map(fold).collect();
-            let theirs: Vec<String> = expected.lines().map(fold).collect();
-            if ours != theirs {
+            let expected = case.expected(run, "ptxed").unwrap_or_default();
+            if !same_output(&output, &expected) {
                 all_passed = false;
                 report = format!("{name}:\n--- expected\n{expected}--- ptlens\n{output}");
             }
@@ -428,208 +378,4 @@ fn libipt_ptxed_corpus() {
         EXCEPTIONS.len(),
         "an excepted case is missing from the corpus"
     );
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Just enough JSON to read `case.json` files, so that the test needs no dependency.
-mod json {
-    use std::ops::Index;
-
-    #[derive(Debug, PartialEq)]
-    pub enum Value {
-        Null,
-        Bool(bool),
-        Number(f64),
-        Text(String),
-        List(Vec<Value>),
-        Object(Vec<(String, Value)>),
-    }
-
-    static NULL: Value = Value::Null;
-
-    impl Value {
-        pub fn items(&self) -> &[Value] {
-            match self {
-                Value::List(items) => items,
-                _ => &[],
-            }
-        }
-
-        /// The string, or "" for anything else (null included).
-        pub fn text(&self) -> &str {
-            match self {
-                Value::Text(text) => text,
-                _ => "",
-            }
-        }
-    }
-
-    impl Index<&str> for Value {
-        type Output = Value;
-
-        fn index(&self, key: &str) -> &Value {
-            match self {
-                Value::Object(fields) => fields
-                    .iter()
-                    .find(|(name, _)| name == key)
-                    .map_or(&NULL, |(_, value)| value),
-                _ => &NULL,
-            }
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Value, String> {
-        let mut parser = Parser {
-            bytes: text.as_bytes(),
-            pos: 0,
-        };
-        let value = parser.value()?;
-        parser.blanks();
-        if parser.pos != parser.bytes.len() {
-            return Err(format!("trailing text at {}", parser.pos));
-        }
-        Ok(value)
-    }
-
-    struct Parser<'a> {
-        bytes: &'a [u8],
-        pos: usize,
-    }
-
-    impl Parser<'_> {
-        fn blanks(&mut self) {
-            while self
-                .bytes
-                .get(self.pos)
-                .is_some_and(u8::is_ascii_whitespace)
-            {
-                self.pos += 1;
-            }
-        }
-
-        fn expect(&mut self, byte: u8) -> Result<(), String> {
-            self.blanks();
-            if self.bytes.get(self.pos) == Some(&byte) {
-                self.pos += 1;
-                Ok(())
-            } else {
-                Err(format!("expected '{}' at {}", byte as char, self.pos))
-            }
-        }
-
-        fn value(&mut self) -> Result<Value, String> {
-            self.blanks();
-            let rest = &self.bytes[self.pos.min(self.bytes.len())..];
-            for (word, value) in [
-                ("null", Value::Null),
-                ("true", Value::Bool(true)),
-                ("false", Value::Bool(false)),
-            ] {
-                if rest.starts_with(word.as_bytes()) {
-                    self.pos += word.len();
-                    return Ok(value);
-                }
-            }
-            match rest.first() {
-                Some(b'"') => self.string().map(Value::Text),
-                Some(b'[') => {
-                    self.pos += 1;
-                    let mut items = Vec::new();
-                    self.blanks();
-                    if self.bytes.get(self.pos) == Some(&b']') {
-                        self.pos += 1;
-                        return Ok(Value::List(items));
-                    }
-                    loop {
-                        items.push(self.value()?);
-                        self.blanks();
-                        match self.bytes.get(self.pos) {
-                            Some(b',') => self.pos += 1,
-                            _ => break,
-                        }
-                    }
-                    self.expect(b']')?;
-                    Ok(Value::List(items))
-                }
-                Some(b'{') => {
-                    self.pos += 1;
-                    let mut fields = Vec::new();
-                    self.blanks();
-                    if self.bytes.get(self.pos) == Some(&b'}') {
-                        self.pos += 1;
-                        return Ok(Value::Object(fields));
-                    }
-                    loop {
-                        self.blanks();
-                        let key = self.string()?;
-                        self.expect(b':')?;
-                        fields.push((key, self.value()?));
-                        self.blanks();
-                        match self.bytes.get(self.pos) {
-                            Some(b',') => self.pos += 1,
-                            _ => break,
-                        }
-                    }
-                    self.expect(b'}')?;
-                    Ok(Value::Object(fields))
-                }
-                _ => {
-                    let start = self.pos;
-                    while self
-                        .bytes
-                        .get(self.pos)
-                        .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(b))
-                    {
-                        self.pos += 1;
-                    }
-                    std::str::from_utf8(&self.bytes[start..self.pos])
-                        .ok()
-                        .and_then(|number| number.parse().ok())
-                        .map(Value::Number)
-                        .ok_or_else(|| format!("bad value at {start}"))
-                }
-            }
-        }
-
-        fn string(&mut self) -> Result<String, String> {
-            self.expect(b'"')?;
-            let mut text = String::new();
-            loop {
-                let rest = std::str::from_utf8(&self.bytes[self.pos..])
-                    .map_err(|_| format!("bad UTF-8 at {}", self.pos))?;
-                let mut chars = rest.chars();
-                let c = chars.next().ok_or("unterminated string")?;
-                self.pos += c.len_utf8();
-                match c {
-                    '"' => return Ok(text),
-                    '\\' => {
-                        let escape = chars.next().ok_or("unterminated escape")?;
-                        self.pos += 1;
-                        text.push(match escape {
-                            'n' => '\n',
-                            't' => '\t',
-                            'r' => '\r',
-                            'b' => '\u{8}',
-                            'f' => '\u{c}',
-                            'u' => {
-                                let hex = self
-                                    .bytes
-                                    .get(self.pos..self.pos + 4)
-                                    .and_then(|h| std::str::from_utf8(h).ok())
-                                    .and_then(|h| u32::from_str_radix(h, 16).ok())
-                                    .ok_or("bad \\u escape")?;
-                                self.pos += 4;
-                                char::from_u32(hex).unwrap_or('\u{fffd}')
-                            }
-                            other => other,
-                        });
-                    }
-                    c => text.push(c),
-                }
-            }
-        }
-    }
 }
