@@ -142,28 +142,12 @@ impl Event {
 
     /// The IP the event binds to is not known.
     pub fn ip_suppressed(&self) -> bool {
-        match self.kind {
-            EventKind::Enabled { ip, .. }
-            | EventKind::Disabled { ip }
-            | EventKind::AsyncDisabled { ip, .. }
-            | EventKind::AsyncPaging { ip, .. }
-            | EventKind::Overflow { ip }
-            | EventKind::ExecMode { ip, .. }
-            | EventKind::Tsx { ip, .. }
-            | EventKind::AsyncVmcs { ip, .. }
-            | EventKind::Exstop { ip }
-            | EventKind::Mwait { ip, .. }
-            | EventKind::Ptwrite { ip, .. }
-            | EventKind::Tick { ip }
-            | EventKind::Tip { ip } => ip.is_none(),
-            EventKind::AsyncBranch { to, .. } => to.is_none(),
-            _ => false,
-        }
+        let mut event = *self;
+        event.ip_field().is_some_and(|ip| ip.is_none())
     }
 
-    /// Fills the event's IP field from the last IP.
-    fn set_ip(&mut self, last: &LastIp) {
-        let value = last.get();
+    /// The field holding the IP the event binds to, for kinds that have one.
+    fn ip_field(&mut self) -> Option<&mut Option<u64>> {
         match &mut self.kind {
             EventKind::Enabled { ip, .. }
             | EventKind::Disabled { ip }
@@ -177,9 +161,16 @@ impl Event {
             | EventKind::Mwait { ip, .. }
             | EventKind::Ptwrite { ip, .. }
             | EventKind::Tick { ip }
-            | EventKind::Tip { ip } => *ip = value,
-            EventKind::AsyncBranch { to, .. } => *to = value,
-            _ => {}
+            | EventKind::Tip { ip } => Some(ip),
+            EventKind::AsyncBranch { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+
+    /// Fills the event's IP field from the last IP.
+    fn set_ip(&mut self, last: &LastIp) {
+        if let Some(ip) = self.ip_field() {
+            *ip = last.get();
         }
     }
 
