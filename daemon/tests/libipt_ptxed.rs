@@ -5,7 +5,7 @@
 //! passes or disappears, and when an unlisted one fails.
 
 use ptlens::pt::flow::ptxed::{print, PtxedOptions};
-use ptlens::pt::flow::RawImage;
+use ptlens::pt::flow::{AddrRangeKind, Errata, RawImage};
 
 #[path = "support/libipt.rs"]
 mod libipt;
@@ -15,36 +15,12 @@ use libipt::{case_names, same_output, Case};
 /// Cases ptlens does not reproduce, with the reason.
 const EXCEPTIONS: &[(&str, &str)] = &[
     (
-        "apl11",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "apl12-psb",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "apl12-tip_pge",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "bad_cpu",
-        "needs libipt's cpu tables (`--cpu 0/0` is an unknown cpu)",
-    ),
-    (
         "bdm64-tnt-cond-xabort",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
+        "BDM64 workaround (a wrong TNT bit or TIP before a TSX abort) not implemented",
     ),
     (
         "bdm64-tnt-ind_call-xabort",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "bdm70-psb_fup-tip_pge",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "bdm70-tip_pgd-psb_fup-tip_pge",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
+        "BDM64 workaround (a wrong TNT bit or TIP before a TSX abort) not implemented",
     ),
     ("exstop-trig", "TRIG events not implemented"),
     ("fup-tip-trig", "TRIG events not implemented"),
@@ -224,42 +200,6 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "pwre-exstop_ip-pwrx",
         "PWRE/PWRX/MWAIT event order around OVF and TIP.PGE differs from libipt (open)",
     ),
-    (
-        "skd007",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skd010-mode_tsx-fup",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skd010-psb",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skd010-tip",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skd010-tip_pgd",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skd022",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skl014-call",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skl014-jmp",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
-    (
-        "skl014-jmp-jmp",
-        "erratum workaround for the run's cpu (and skl014's address filter) not implemented",
-    ),
     ("tip-trig", "TRIG events not implemented"),
     (
         "tip_pge-pwre-pwrx-tip_pgd",
@@ -294,14 +234,33 @@ fn options_for(name: &str, args: &[String]) -> PtxedOptions {
             | "--insn:keep-tcal-on-ovf"
             | "--block:keep-tcal-on-ovf"
             | "--check" => {}
-            "--cpu"
-            | "--mtc-freq"
+            "--filter:addr0_cfg" | "--filter:addr0_a" | "--filter:addr0_b" => {
+                let value = args.next().expect("a value");
+                let range = &mut options.block.filter.ranges[0];
+                if arg.ends_with("cfg") {
+                    range.kind = match value.as_str() {
+                        "1" => AddrRangeKind::Filter,
+                        "2" => AddrRangeKind::Stop,
+                        _ => AddrRangeKind::Unused,
+                    };
+                } else if arg.ends_with('a') {
+                    range.start = libipt::hex(value);
+                } else {
+                    range.end = libipt::hex(value);
+                }
+            }
+            "--cpu" => {
+                let cpu = args.next().expect("F/M");
+                let (family, model) = cpu.split_once('/').expect("F/M");
+                match Errata::for_cpu(family.parse().unwrap(), model.parse().unwrap()) {
+                    Some(errata) => options.block.errata = errata,
+                    None => options.unknown_cpu = true,
+                }
+            }
+            "--mtc-freq"
             | "--nom-freq"
             | "--cpuid-0x15.eax"
             | "--cpuid-0x15.ebx"
-            | "--filter:addr0_cfg"
-            | "--filter:addr0_a"
-            | "--filter:addr0_b"
             | "--raw"
             | "--pevent:kernel-start" => {
                 args.next();
@@ -338,10 +297,32 @@ fn libipt_ptxed_corpus() {
         let mut all_passed = true;
         let mut report = String::new();
         for run in runs {
+            let mut options = options;
+            // `--cpu F/M` selects the workarounds; the table must agree with the corpus.
+            if let Some((family, model)) = run["cpu"].text().split_once('/') {
+                match Errata::for_cpu(family.parse().unwrap(), model.parse().unwrap()) {
+                    Some(errata) => {
+                        let mut listed: Vec<&str> =
+                            run["errata"].items().iter().map(|e| e.text()).collect();
+                        listed.sort_unstable();
+                        assert_eq!(
+                            errata.names(),
+                            listed,
+                            "{name}: errata of cpu {family}/{model}"
+                        );
+                        options.block.errata = errata;
+                    }
+                    None => options.unknown_cpu = true,
+                }
+            }
             let mut output = Vec::new();
             print(&mut output, &trace, &image, &options).expect("write to a Vec");
             let output = String::from_utf8(output).expect("ASCII");
             let expected = case.expected(run, "ptxed").unwrap_or_default();
+            // PTXED_CASE=name shows one case's output, excepted or not.
+            if std::env::var("PTXED_CASE").is_ok_and(|case| case == *name) {
+                println!("{name}:\n--- expected\n{expected}--- ptlens\n{output}");
+            }
             if !same_output(&output, &expected) {
                 all_passed = false;
                 report = format!("{name}:\n--- expected\n{expected}--- ptlens\n{output}");

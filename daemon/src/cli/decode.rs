@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use ptlens::pt::flow::ptxed::{self, PtxedOptions};
-use ptlens::pt::flow::RawImage;
+use ptlens::pt::flow::{AddrFilter, AddrRange, AddrRangeKind, Errata, RawImage};
 
 #[derive(clap::Args)]
 pub struct DecodeArgs {
@@ -19,10 +19,37 @@ pub struct DecodeArgs {
     #[arg(long, value_name = "FILE:ADDR", required = true)]
     pub raw: Vec<String>,
 
-    /// The CPU as FAMILY/MODEL[/STEPPING] (accepted for ptxed compatibility; no errata
-    /// workarounds are applied yet).
+    /// The CPU as FAMILY/MODEL[/STEPPING], decimal: selects the errata workarounds it needs.
     #[arg(long, value_name = "F/M[/S]")]
     pub cpu: Option<String>,
+
+    /// Address range 0's configuration: 0 unused, 1 filter, 2 stop (IA32_RTIT_CTL.ADDR0_CFG).
+    #[arg(long = "filter:addr0_cfg", default_value_t = 0)]
+    pub addr0_cfg: u8,
+    /// Address range 0's first address (hex).
+    #[arg(long = "filter:addr0_a", value_parser = parse_hex, default_value = "0")]
+    pub addr0_a: u64,
+    /// Address range 0's last address (hex).
+    #[arg(long = "filter:addr0_b", value_parser = parse_hex, default_value = "0")]
+    pub addr0_b: u64,
+    #[arg(long = "filter:addr1_cfg", default_value_t = 0, hide = true)]
+    pub addr1_cfg: u8,
+    #[arg(long = "filter:addr1_a", value_parser = parse_hex, default_value = "0", hide = true)]
+    pub addr1_a: u64,
+    #[arg(long = "filter:addr1_b", value_parser = parse_hex, default_value = "0", hide = true)]
+    pub addr1_b: u64,
+    #[arg(long = "filter:addr2_cfg", default_value_t = 0, hide = true)]
+    pub addr2_cfg: u8,
+    #[arg(long = "filter:addr2_a", value_parser = parse_hex, default_value = "0", hide = true)]
+    pub addr2_a: u64,
+    #[arg(long = "filter:addr2_b", value_parser = parse_hex, default_value = "0", hide = true)]
+    pub addr2_b: u64,
+    #[arg(long = "filter:addr3_cfg", default_value_t = 0, hide = true)]
+    pub addr3_cfg: u8,
+    #[arg(long = "filter:addr3_a", value_parser = parse_hex, default_value = "0", hide = true)]
+    pub addr3_a: u64,
+    #[arg(long = "filter:addr3_b", value_parser = parse_hex, default_value = "0", hide = true)]
+    pub addr3_b: u64,
 
     /// Print the IPs events bind to.
     #[arg(long = "event:ip")]
@@ -126,7 +153,44 @@ fn load_raw(image: &mut RawImage, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--cpu F/M[/S]` to its errata; `Ok(None)` for a CPU the table does not know.
+fn cpu_errata(spec: &str) -> anyhow::Result<Option<Errata>> {
+    let mut parts = spec.split('/');
+    let family: u16 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context("--cpu: bad family")?;
+    let model: u8 = parts
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context("--cpu: bad model")?;
+    Ok(Errata::for_cpu(family, model))
+}
+
 impl DecodeArgs {
+    /// The `--filter:addrN_*` ranges (ptxed's names; `addrN_cfg` as in IA32_RTIT_CTL).
+    fn filter(&self) -> AddrFilter {
+        let range = |cfg: u8, start: u64, end: u64| AddrRange {
+            kind: match cfg {
+                1 => AddrRangeKind::Filter,
+                2 => AddrRangeKind::Stop,
+                _ => AddrRangeKind::Unused,
+            },
+            start,
+            end,
+        };
+        AddrFilter {
+            ranges: [
+                range(self.addr0_cfg, self.addr0_a, self.addr0_b),
+                range(self.addr1_cfg, self.addr1_a, self.addr1_b),
+                range(self.addr2_cfg, self.addr2_a, self.addr2_b),
+                range(self.addr3_cfg, self.addr3_a, self.addr3_b),
+            ],
+        }
+    }
+
     pub fn run(self) -> anyhow::Result<()> {
         let trace =
             std::fs::read(&self.pt).with_context(|| format!("reading {}", self.pt.display()))?;
@@ -148,6 +212,13 @@ impl DecodeArgs {
         options.block.end_on_call = self.end_on_call;
         options.block.end_on_jump = self.end_on_jump;
         options.block.events.mtc_freq = self.mtc_freq;
+        options.block.filter = self.filter();
+        if let Some(cpu) = &self.cpu {
+            match cpu_errata(cpu)? {
+                Some(errata) => options.block.errata = errata,
+                None => options.unknown_cpu = true,
+            }
+        }
         let stdout = std::io::stdout();
         let mut out = BufWriter::new(stdout.lock());
         ptxed::print(&mut out, &trace, &image, &options)?;

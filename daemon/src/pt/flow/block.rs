@@ -6,6 +6,7 @@
 //! to call, as in libipt's block decoder, whose semantics (event binding, deferred TIPs, return
 //! compression, resynchronisation) this follows.
 
+use super::errata::{AddrFilter, Errata};
 use super::events::{Event, EventConfig, EventDecoder, EventKind};
 use super::image::{Context, Image};
 use super::insn::{Cache, ExecMode, Insn, InsnClass, InsnKind};
@@ -65,6 +66,10 @@ pub struct BlockConfig {
     pub end_on_call: bool,
     /// End a block after each near jump.
     pub end_on_jump: bool,
+    /// Erratum workarounds (see [`Errata::for_cpu`]).
+    pub errata: Errata,
+    /// The address ranges tracing was configured with (perf's `--filter`).
+    pub filter: AddrFilter,
 }
 
 /// Most instructions in one block (libipt counts them in 16 bits).
@@ -134,6 +139,8 @@ pub struct BlockDecoder<'a> {
     bound_paging: bool,
     bound_vmcs: bool,
     bound_ptwrite: bool,
+    /// The last overflow resolved with tracing disabled.
+    overflow_disabled: bool,
     steps: u64,
     cache: Cache,
 }
@@ -142,7 +149,7 @@ impl<'a> BlockDecoder<'a> {
     pub fn new(trace: &'a [u8], image: &'a dyn Image, config: BlockConfig) -> Self {
         BlockDecoder {
             image,
-            evdec: EventDecoder::new(trace, config.events),
+            evdec: EventDecoder::new(trace, config.events).with_errata(config.errata),
             config,
             event: Err(ErrorKind::Nosync),
             event_offset: 0,
@@ -159,6 +166,7 @@ impl<'a> BlockDecoder<'a> {
             bound_paging: false,
             bound_vmcs: false,
             bound_ptwrite: false,
+            overflow_disabled: false,
             steps: 0,
             cache: Cache::default(),
         }
@@ -238,6 +246,7 @@ impl<'a> BlockDecoder<'a> {
         self.retstack = ReturnStack::new();
         self.tsc = None;
         self.cbr = None;
+        self.overflow_disabled = false;
         self.steps = 0;
         self.clear_postponed();
     }
@@ -401,7 +410,7 @@ impl<'a> BlockDecoder<'a> {
     fn proceed_to_insn(
         &mut self,
         block: &mut Block,
-        pred: fn(&Insn) -> bool,
+        pred: impl Fn(&Insn) -> bool,
     ) -> Result<Option<Insn>, ErrorKind> {
         loop {
             let Some(insn) = self.one_insn(block)? else {
@@ -601,6 +610,15 @@ impl<'a> BlockDecoder<'a> {
         Ok(())
     }
 
+    /// Whether SKD022's workaround applies to an asynchronous disable at `at`: a VMLAUNCH or
+    /// VMRESUME there.
+    fn skd022_vm_entry(&mut self, at: u64) -> bool {
+        self.config.errata.skd022
+            && self
+                .insn(self.mode, at)
+                .is_ok_and(|insn| matches!(insn.kind, InsnKind::Vmlaunch | InsnKind::Vmresume))
+    }
+
     /// Where tracing is expected to resume after a synchronous disable at `insn`.
     fn set_disable_resume_ip(&mut self, insn: Option<Insn>) {
         self.ip = match insn {
@@ -632,9 +650,20 @@ impl<'a> BlockDecoder<'a> {
                     true
                 } else {
                     let result = match ip {
-                        None => self
-                            .proceed_to_insn(block, Insn::changes_cr3)
-                            .map(|insn| insn.is_some()),
+                        None => {
+                            // SKL014: a direct branch leaving the filtered range may send a
+                            // TIP.PGD without its target.
+                            let filter = self.config.filter;
+                            let skl014 = self.config.errata.skl014 && filter.filters();
+                            self.proceed_to_insn(block, |insn: &Insn| {
+                                insn.changes_cr3()
+                                    || (skl014
+                                        && matches!(insn.class, InsnClass::Jump | InsnClass::Call)
+                                        && insn.next_ip_without_trace().is_ok()
+                                        && insn.target.is_some_and(|to| !filter.allows(to)))
+                            })
+                            .map(|insn| insn.is_some())
+                        }
                         Some(ip) => self.proceed_to_ip(block, ip),
                     };
                     match result {
@@ -647,7 +676,15 @@ impl<'a> BlockDecoder<'a> {
                     }
                 }
             }
-            EventKind::AsyncDisabled { at, .. } => self.proceed_to_ip(block, at)?,
+            EventKind::AsyncDisabled { at, .. } => {
+                let reached = self.proceed_to_ip(block, at)?;
+                // SKD022: a VM entry that disables tracing may send FUP + TIP.PGD at itself;
+                // it executed, so it belongs to the block.
+                if reached && self.skd022_vm_entry(at) {
+                    self.one_insn(block)?;
+                }
+                reached
+            }
             EventKind::AsyncBranch { from, .. } => self.proceed_to_ip(block, from)?,
             EventKind::Paging { .. } | EventKind::Vmcs { .. } => {
                 if !self.enabled {
@@ -769,9 +806,14 @@ impl<'a> BlockDecoder<'a> {
                 self.proceed_postponed()?;
                 true
             }
-            EventKind::AsyncDisabled { at, .. } | EventKind::AsyncBranch { from: at, .. } => {
+            EventKind::AsyncBranch { from: at, .. } => {
                 self.proceed_postponed()?;
                 self.ip == at
+            }
+            EventKind::AsyncDisabled { at, .. } => {
+                self.proceed_postponed()?;
+                // The VM entry of SKD022 goes into a block first.
+                self.ip == at && !self.skd022_vm_entry(at)
             }
             EventKind::Paging { .. } | EventKind::Vmcs { .. } => {
                 if !self.enabled {
@@ -859,7 +901,12 @@ impl<'a> BlockDecoder<'a> {
                 *resumed = ip.unwrap_or(0) == self.ip;
                 if event.status_update {
                     if !self.enabled {
-                        return Err(ErrorKind::BadStatusUpdate);
+                        // SKD010: after an overflow without FUP, PSB+ gives the IP.
+                        if !(self.config.errata.skd010 && self.overflow_disabled) {
+                            return Err(ErrorKind::BadStatusUpdate);
+                        }
+                        self.ip = ip.ok_or(ErrorKind::Noip)?;
+                        self.enabled = true;
                     }
                 } else {
                     let ip = ip.ok_or(ErrorKind::Noip)?;
@@ -908,6 +955,7 @@ impl<'a> BlockDecoder<'a> {
                 if event.status_update {
                     return Err(ErrorKind::BadContext);
                 }
+                self.overflow_disabled = ip.is_none();
                 match ip {
                     None => {
                         self.enabled = false;

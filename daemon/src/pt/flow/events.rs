@@ -8,6 +8,7 @@
 
 use crate::pt::packets::{self, BlockContext, IpPayload, LastIp, Packet, PacketErrorKind, PSB};
 
+use super::errata::Errata;
 use super::insn::ExecMode;
 use super::time::Time;
 use super::ErrorKind;
@@ -263,6 +264,68 @@ enum Step {
     Next,
 }
 
+/// How an overflow resolves.
+enum OvfEnd {
+    /// Tracing is enabled at the IP of the packet at this offset (a FUP, or a TIP for SKD010).
+    Fup(usize),
+    /// Tracing was disabled; the packet at the offset (if any) belongs to no event and is
+    /// dropped (errata).
+    Disabled(Option<usize>),
+}
+
+/// Reads packets ahead of the decoder without changing it.
+#[derive(Clone)]
+struct Ahead<'a> {
+    data: &'a [u8],
+    pos: usize,
+    block: BlockContext,
+}
+
+impl<'a> Ahead<'a> {
+    fn new(data: &'a [u8], pos: usize, block: BlockContext) -> Self {
+        Ahead { data, pos, block }
+    }
+
+    /// The next packet and its offset.
+    fn next(&mut self) -> Result<(usize, Packet), ErrorKind> {
+        if self.pos >= self.data.len() {
+            return Err(ErrorKind::Eos);
+        }
+        let at = self.pos;
+        let packet =
+            packets::decode(self.data, at, self.block).map_err(|error| packet_error(error.kind))?;
+        self.pos += packet.size();
+        self.block = self.block.after(&packet);
+        Ok((at, packet))
+    }
+
+    /// Whether tracing gets enabled next: a TIP.PGE after status packets, or a PSB+ without a
+    /// FUP (tracing disabled) followed by one.
+    fn enables_next(&mut self) -> Result<bool, ErrorKind> {
+        let mut in_psb = false;
+        loop {
+            match self.next()?.1 {
+                Packet::TipPge(_) => return Ok(true),
+                Packet::Psb => in_psb = true,
+                Packet::PsbEnd => in_psb = false,
+                Packet::Fup(_) if in_psb => return Ok(false),
+                Packet::Pad
+                | Packet::Vmcs { .. }
+                | Packet::Pip(_)
+                | Packet::ModeExec(_)
+                | Packet::ModeTsx(_)
+                | Packet::Mnt { .. }
+                | Packet::Cbr { .. }
+                | Packet::Tsc { .. }
+                | Packet::Tma(_)
+                | Packet::Mtc { .. }
+                | Packet::Cyc { .. } => {}
+                _ => return Ok(false),
+            }
+        }
+    }
+}
+
 /// Options of the event layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventConfig {
@@ -297,6 +360,11 @@ pub struct EventDecoder<'a> {
     queue: Queue,
     pub(super) time: Time,
     config: EventConfig,
+    errata: Errata,
+    /// The packet whose IP resolves a pending overflow (a FUP, or a TIP for SKD010).
+    ovf_ip_at: Option<usize>,
+    /// A packet an erratum workaround drops.
+    skip_at: Option<usize>,
 }
 
 fn packet_error(kind: PacketErrorKind) -> ErrorKind {
@@ -338,7 +406,16 @@ impl<'a> EventDecoder<'a> {
             queue: Queue::new(),
             time: Time::new(config),
             config,
+            errata: Errata::default(),
+            ovf_ip_at: None,
+            skip_at: None,
         }
+    }
+
+    /// Applies the workarounds for `errata`.
+    pub fn with_errata(mut self, errata: Errata) -> Self {
+        self.errata = errata;
+        self
     }
 
     /// Offset of the next packet to process (libipt's `pt_evt_get_offset`).
@@ -375,6 +452,8 @@ impl<'a> EventDecoder<'a> {
         self.mode_exec_valid = false;
         self.ip.reset();
         self.queue.clear();
+        self.ovf_ip_at = None;
+        self.skip_at = None;
     }
 
     /// Reads the next non-PAD packet into the lookahead.
@@ -386,10 +465,23 @@ impl<'a> EventDecoder<'a> {
                 return;
             }
             match packets::decode(self.data, self.pos, self.block) {
-                Ok(packet) => {
-                    self.pos += packet.size();
+                Ok(mut packet) => {
+                    let mut size = packet.size();
+                    // SKD007: an OVF overwrote the second byte of a CYC (`xx 02 F3`).
+                    if self.errata.skd007
+                        && matches!(packet, Packet::Cyc { size: 2, .. })
+                        && self.data.get(self.pos + 1..self.pos + 3) == Some(&[0x02, 0xf3][..])
+                    {
+                        packet = Packet::Ovf;
+                        size = 3;
+                    }
+                    self.pos += size;
                     self.block = self.block.after(&packet);
                     if packet == Packet::Pad {
+                        continue;
+                    }
+                    if self.skip_at == Some(self.packet_offset) {
+                        self.skip_at = None;
                         continue;
                     }
                     // Every PSB is a synchronisation point (resync goes back to the last).
@@ -706,6 +798,17 @@ impl<'a> EventDecoder<'a> {
     }
 
     fn decode_tip(&mut self, payload: &IpPayload) -> Result<Step, ErrorKind> {
+        // SKD010: this TIP gives the IP the overflow resumes at, in place of the FUP.
+        if self.ovf_ip_at == Some(self.packet_offset) {
+            self.ovf_ip_at = None;
+            self.update_ip(payload);
+            if let Some(mut event) = self.queue.pop(bind::FUP_BOUND) {
+                event.set_ip(&self.ip);
+                self.event = Some(event);
+                self.fetch_packet();
+                return Ok(Step::Event);
+            }
+        }
         if !self.enabled {
             return Err(ErrorKind::BadContext);
         }
@@ -903,6 +1006,16 @@ impl<'a> EventDecoder<'a> {
                     )?;
                 }
                 Packet::PsbEnd | Packet::Ovf => {
+                    // BDM70: a FUP in PSB+ while tracing is disabled; a TIP.PGE follows.
+                    if self.enabled
+                        && self.errata.bdm70
+                        && packet == Packet::PsbEnd
+                        && Ahead::new(self.data, self.pos, self.block)
+                            .enables_next()
+                            .unwrap_or(false)
+                    {
+                        self.enabled = false;
+                    }
                     let enabled = self.enabled;
                     let first = self
                         .queue
@@ -934,7 +1047,14 @@ impl<'a> EventDecoder<'a> {
             | EventKind::ExecMode { .. }
             | EventKind::Tsx { .. }
             | EventKind::AsyncPaging { .. }
-            | EventKind::AsyncVmcs { .. } => event.set_ip(&self.ip),
+            | EventKind::AsyncVmcs { .. } => {
+                // With tracing disabled the PSB+ state is at no IP.
+                if self.enabled {
+                    event.set_ip(&self.ip)
+                } else {
+                    event.suppress_ip()
+                }
+            }
             EventKind::Disabled { .. } | EventKind::Cbr { .. } | EventKind::Mnt { .. } => {}
             _ => return Err(ErrorKind::BadContext),
         }
@@ -991,35 +1111,46 @@ impl<'a> EventDecoder<'a> {
         self.time = time;
         // The overflow resolves with tracing enabled when a FUP follows (only timing packets
         // may come between); otherwise tracing was disabled and the OVF stands alone.
-        match self.find_ovf_fup() {
-            Ok(true) => {
-                let mut event = Event::new(EventKind::Overflow { ip: None });
-                event.tsc = self.time.tsc();
+        let mut event = Event::new(EventKind::Overflow { ip: None });
+        event.tsc = self.time.tsc();
+        match self.resolve_ovf() {
+            Ok(OvfEnd::Fup(at)) => {
+                // Packets up to the FUP (MODE.TSX under SKD010) bind after the overflow.
+                self.enabled = true;
+                self.ovf_ip_at = Some(at);
                 self.queue.push(bind::FUP_BOUND, event)?;
                 Ok(Step::Next)
             }
-            Ok(false) | Err(ErrorKind::Eos) => {
-                self.publish(Event::new(EventKind::Overflow { ip: None }), true)
+            Ok(OvfEnd::Disabled(skip)) => {
+                self.skip_at = skip;
+                self.publish(event, true)
             }
+            Err(ErrorKind::Eos) => self.publish(event, true),
             Err(error) => Err(error),
         }
     }
 
-    fn find_ovf_fup(&self) -> Result<bool, ErrorKind> {
-        let mut pos = self.pos;
-        let mut block = self.block;
+    /// How the overflow at the lookahead resolves, reading ahead without consuming.
+    fn resolve_ovf(&self) -> Result<OvfEnd, ErrorKind> {
+        let errata = self.errata;
+        let mut ahead = Ahead::new(self.data, self.pos, self.block);
         loop {
-            if pos >= self.data.len() {
-                return Err(ErrorKind::Eos);
-            }
-            let packet = match packets::decode(self.data, pos, block) {
-                Ok(packet) => packet,
-                Err(error) => return Err(packet_error(error.kind)),
-            };
-            pos += packet.size();
-            block = block.after(&packet);
+            let (at, packet) = ahead.next()?;
             match packet {
-                Packet::Fup(_) => return Ok(true),
+                Packet::Fup(_) => {
+                    // APL12: a FUP followed by tracing being enabled belongs to no branch.
+                    if errata.apl12 && ahead.clone().enables_next()? {
+                        return Ok(OvfEnd::Disabled(Some(at)));
+                    }
+                    return Ok(OvfEnd::Fup(at));
+                }
+                // SKD010: the FUP may be missing; a TIP gives the IP instead.
+                Packet::Tip(_) if errata.skd010 => return Ok(OvfEnd::Fup(at)),
+                Packet::ModeTsx(_) if errata.skd010 => {}
+                // SKD010/APL11: a TIP.PGD after the OVF: tracing was disabled.
+                Packet::TipPgd(_) if errata.skd010 || errata.apl11 => {
+                    return Ok(OvfEnd::Disabled(Some(at)))
+                }
                 Packet::Pad
                 | Packet::Mnt { .. }
                 | Packet::Cbr { .. }
@@ -1033,7 +1164,7 @@ impl<'a> EventDecoder<'a> {
                 Packet::PsbEnd | Packet::Tip(_) | Packet::TipPgd(_) | Packet::Tnt(_) => {
                     return Err(ErrorKind::BadContext)
                 }
-                _ => return Ok(false),
+                _ => return Ok(OvfEnd::Disabled(None)),
             }
         }
     }

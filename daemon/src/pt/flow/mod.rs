@@ -17,6 +17,7 @@
 //! [`Context`] (CR3, NR, VMCS, and a caller-set space id).
 
 pub mod block;
+pub mod errata;
 pub mod events;
 pub mod image;
 pub mod insn;
@@ -24,6 +25,7 @@ pub mod ptxed;
 pub mod time;
 
 pub use block::{Block, BlockConfig, BlockDecoder, Status};
+pub use errata::{AddrFilter, AddrRange, AddrRangeKind, Errata};
 pub use events::{Event, EventConfig, EventKind};
 pub use image::{Context, Image, RawImage};
 pub use insn::{BranchKind, Cache, ExecMode, Insn, InsnClass, InsnKind};

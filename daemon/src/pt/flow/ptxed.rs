@@ -27,6 +27,9 @@ pub struct PtxedOptions {
     pub stat: bool,
     pub stat_insn: bool,
     pub stat_blocks: bool,
+    /// `--cpu` named a CPU [`super::Errata::for_cpu`] does not know: say so first, as ptxed
+    /// does, and decode without workarounds.
+    pub unknown_cpu: bool,
 }
 
 #[derive(Default)]
@@ -253,6 +256,9 @@ pub fn print(
     image: &dyn Image,
     options: &PtxedOptions,
 ) -> io::Result<()> {
+    if options.unknown_cpu {
+        writeln!(out, "[0, 0: config error: unknown cpu]")?;
+    }
     let mut decoder = BlockDecoder::new(trace, image, options.block);
     let mut stats = Stats::default();
     let mut sync = 0usize;
