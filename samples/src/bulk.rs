@@ -240,7 +240,9 @@ enum Exit {
 
 const UNKNOWN: u32 = u32::MAX;
 
+/// One cache line each: the walk is bound by memory latency, as a decoder on the same trace is.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 struct Block {
     start: u64,
     /// Instructions before the exit instruction.
@@ -314,8 +316,11 @@ struct Walker<'a> {
     functions: Vec<u64>,
     /// Addresses just after the call instructions decoded so far.
     return_sites: Vec<u64>,
+    /// The block of each function start, once decoded.
+    function_blocks: Vec<u32>,
     rng: Rng,
-    stack: Vec<u64>,
+    /// The modelled call stack: return addresses and their blocks.
+    stack: Vec<(u64, u32)>,
     /// Address ranges executed since the last packet-producing branch.
     stretch: Vec<(u64, u64)>,
     counts: Counts,
@@ -332,6 +337,7 @@ impl<'a> Walker<'a> {
             by_start: HashMap::default(),
             functions: image.function_starts.iter().map(|&a| a + bias).collect(),
             return_sites: Vec::new(),
+            function_blocks: vec![UNKNOWN; image.function_starts.len()],
             rng: Rng(seed),
             stack: Vec::new(),
             stretch: Vec::new(),
@@ -456,6 +462,30 @@ impl<'a> Walker<'a> {
         n
     }
 
+    /// Asks the CPU to bring block `b` (if known) into the cache.
+    #[inline]
+    fn prefetch(&self, b: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(block) = self.blocks.get(b as usize) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch only hints the cache; it never faults and changes no memory, and the
+            // pointer comes from a live reference. SSE, which it needs, is part of x86-64.
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(block).cast());
+            }
+        }
+    }
+
+    /// The block of a function start chosen at random.
+    fn random_function(&mut self) -> u32 {
+        let i = self.rng.below(self.functions.len() as u64) as usize;
+        if self.function_blocks[i] == UNKNOWN {
+            self.function_blocks[i] = self.block_at(self.functions[i]);
+        }
+        self.function_blocks[i]
+    }
+
     fn executed_since_packet(&self, ip: u64) -> bool {
         self.stretch.iter().any(|&(s, e)| (s..e).contains(&ip))
     }
@@ -496,12 +526,19 @@ impl<'a> Walker<'a> {
                     self.stack.clear();
                     self.stretch.clear();
                     budget = 1000 + self.rng.below(200_000) as i64;
-                    let start =
-                        self.functions[self.rng.below(self.functions.len() as u64) as usize];
-                    self.block_at(start)
+                    self.random_function()
                 }
             };
             let blk = self.blocks[b as usize];
+            // Fetch the likely next blocks while this one is walked and encoded.
+            for n in blk.next {
+                self.prefetch(n);
+            }
+            if blk.exit == Exit::Return {
+                if let Some(&(_, n)) = self.stack.last() {
+                    self.prefetch(n);
+                }
+            }
             let kind = |exit: Exit| match exit {
                 Exit::Conditional { .. } => Kind::Conditional,
                 Exit::Jump { .. } => Kind::DirectJump,
@@ -557,34 +594,38 @@ impl<'a> Walker<'a> {
                     stream.branch(blk.exit_ip, blk.exit_len, kind(blk.exit), target);
                     self.stretch.push((blk.start, fallthrough));
                     if calls {
-                        self.stack.push(fallthrough);
+                        let back = self.successor(b, 1, fallthrough);
+                        self.stack.push((fallthrough, back));
                     }
                     current = Some(self.successor(b, 0, target));
                 }
                 Exit::IndirectJump | Exit::IndirectCall | Exit::Return => {
+                    // The target and its block.
                     let target = match blk.exit {
                         Exit::Return => self.stack.pop().or_else(|| {
                             (!self.return_sites.is_empty()).then(|| {
                                 let n = self.return_sites.len() as u64;
-                                self.return_sites[self.rng.below(n) as usize]
+                                let site = self.return_sites[self.rng.below(n) as usize];
+                                (site, self.block_at(site))
                             })
                         }),
                         _ if self.rng.below(INDIRECT_STOP_ONE_IN) == 0 => None,
                         _ => {
-                            let n = self.functions.len() as u64;
-                            Some(self.functions[self.rng.below(n) as usize])
+                            let next = self.random_function();
+                            Some((self.blocks[next as usize].start, next))
                         }
                     };
                     self.commit(b, true);
                     stream.straight(blk.start, u64::from(blk.straight));
                     match target {
-                        Some(target) => {
+                        Some((target, next)) => {
                             stream.branch(blk.exit_ip, blk.exit_len, kind(blk.exit), target);
                             self.stretch.clear();
                             if calls {
-                                self.stack.push(fallthrough);
+                                let back = self.successor(b, 1, fallthrough);
+                                self.stack.push((fallthrough, back));
                             }
-                            current = Some(self.block_at(target));
+                            current = Some(next);
                         }
                         None => {
                             stream.branch_then_stop(blk.exit_ip, blk.exit_len, kind(blk.exit));
@@ -907,6 +948,11 @@ pub fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_fills_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Block>(), 64);
+    }
 
     #[test]
     fn sizes() {
