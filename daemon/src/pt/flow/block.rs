@@ -126,6 +126,8 @@ pub struct BlockDecoder<'a> {
     /// (PSB+ status updates do not count): after an error, the next PSB after it starts a
     /// segment whose trace is still unused, even if its PSB+ was already read.
     used: Option<usize>,
+    /// Trace offset of the last event that did not fit the flow.
+    failed_at: Option<usize>,
     ip: u64,
     enabled: bool,
     speculative: bool,
@@ -154,6 +156,7 @@ impl<'a> BlockDecoder<'a> {
             event: Err(ErrorKind::Nosync),
             event_offset: 0,
             used: None,
+            failed_at: None,
             ip: 0,
             enabled: false,
             speculative: false,
@@ -235,6 +238,7 @@ impl<'a> BlockDecoder<'a> {
     fn reset(&mut self) {
         self.event = Err(ErrorKind::Nosync);
         self.used = None;
+        self.failed_at = None;
         self.ip = 0;
         self.enabled = false;
         self.speculative = false;
@@ -263,9 +267,20 @@ impl<'a> BlockDecoder<'a> {
 
     /// Synchronises at the next PSB (the first, on the first call).
     pub fn sync_forward(&mut self) -> Result<Status, ErrorKind> {
+        self.sync_forward_after(self.used)
+    }
+
+    /// As [`Self::sync_forward`], but a PSB whose PSB+ did not fit the flow is not retried
+    /// either (libipt's ptxed; [`Self::sync_forward`] retries it, as decoding that segment
+    /// alone would).
+    pub fn sync_forward_past_failure(&mut self) -> Result<Status, ErrorKind> {
+        self.sync_forward_after(self.used.max(self.failed_at))
+    }
+
+    fn sync_forward_after(&mut self, used: Option<usize>) -> Result<Status, ErrorKind> {
         // Resume after the trace already used, not after the event layer's read-ahead: a PSB+
         // read ahead while the flow still ran on older trace starts the next segment.
-        let from = match (self.used, self.evdec.synced_at()) {
+        let from = match (used, self.evdec.synced_at()) {
             (Some(used), _) => Some(used + 1),
             (None, Some(psb)) => Some(psb + 1),
             (None, None) => None,
@@ -314,10 +329,9 @@ impl<'a> BlockDecoder<'a> {
         match self.event {
             Ok(_) => self.event_offset = self.evdec.event_offset(),
             Err(ErrorKind::Eos) => {}
-            // Trace that cannot be decoded is not retried.
             Err(_) => {
                 self.event_offset = self.evdec.offset();
-                self.use_trace(self.event_offset);
+                self.failed_at = Some(self.event_offset);
             }
         }
     }
@@ -424,6 +438,24 @@ impl<'a> BlockDecoder<'a> {
                 return Ok(None);
             }
         }
+    }
+
+    /// Decodes the block from the current IP, without trace, up to `ip` (not included): where a
+    /// segment decoded alone ends, the next PSB+ says the flow went. Errors as the sequential
+    /// decode would report them there.
+    pub fn walk_to(&mut self, block: &mut Block, ip: u64) -> Result<(), ErrorKind> {
+        *block = Block {
+            ip: self.ip,
+            mode: self.mode,
+            speculative: self.speculative,
+            ctx: self.ctx,
+            ..Block::default()
+        };
+        if !self.enabled {
+            return Ok(());
+        }
+        while !self.proceed_to_ip(block, ip)? {}
+        Ok(())
     }
 
     /// Walks without trace until the current IP is `ip`; false when the block ended first.
@@ -885,8 +917,7 @@ impl<'a> BlockDecoder<'a> {
         let offset = self.event_offset;
         let result = self.apply_event();
         if result.is_err() {
-            // An event that does not fit counts as used: its segment is not retried.
-            self.use_trace(offset);
+            self.failed_at = Some(offset);
         }
         result
     }

@@ -156,13 +156,33 @@ pub fn decode_segment(
     let end = crate::pt::packets::next_psb(trace, start.saturating_add(1)).unwrap_or(trace.len());
     let segment = &trace[start..end];
     let mut decoder = BlockDecoder::new(segment, image, config.block);
-    run(&mut decoder, start, Some(()), &mut sink)
+    run(&mut decoder, start, Some(psb_fup_ip(trace, end)), &mut sink)
 }
 
+/// The IP of the FUP in the PSB+ at `psb`, if it has one: where the flow is at that PSB.
+fn psb_fup_ip(trace: &[u8], psb: usize) -> Option<u64> {
+    use crate::pt::packets::{self, BlockContext, LastIp, Packet};
+    let mut pos = psb;
+    let mut last = LastIp::new();
+    loop {
+        let packet = packets::decode(trace.get(..)?, pos, BlockContext::None).ok()?;
+        pos += packet.size();
+        match packet {
+            Packet::Fup(ip) => {
+                last.update(&ip);
+                return last.get();
+            }
+            Packet::PsbEnd | Packet::Ovf => return None,
+            _ => {}
+        }
+    }
+}
+
+/// `once`: decode one segment and stop; with the IP the next segment starts at, if known.
 fn run(
     decoder: &mut BlockDecoder<'_>,
     base: usize,
-    once: Option<()>,
+    once: Option<Option<u64>>,
     sink: &mut impl FnMut(FlowItem<'_>),
 ) -> FlowStats {
     let mut stats = FlowStats::default();
@@ -205,10 +225,23 @@ fn run(
                 }
             }
             if status.eos() {
-                if !status.ip_suppressed() {
-                    sink(FlowItem::EndOfTrace);
+                if status.ip_suppressed() {
+                    return stats;
                 }
-                return stats;
+                // A segment alone goes on to where the next one starts, as a sequential
+                // decode does before the next PSB+ applies.
+                let Some(Some(next)) = once else {
+                    sink(FlowItem::EndOfTrace);
+                    return stats;
+                };
+                let result = decoder.walk_to(&mut block, next);
+                stats.blocks += 1;
+                stats.instructions += u64::from(block.ninsn);
+                sink(FlowItem::Block(&block));
+                match result {
+                    Ok(()) => return stats,
+                    Err(kind) => break kind,
+                }
             }
             let result = decoder.next_block(&mut block);
             stats.blocks += 1;

@@ -266,7 +266,7 @@ pub fn print(
     'sync: loop {
         block.ip = 0;
         block.ninsn = 0;
-        let mut status = match decoder.sync_forward() {
+        let mut status = match decoder.sync_forward_past_failure() {
             Ok(status) => status,
             Err(ErrorKind::Eos) => break,
             Err(error) => {
