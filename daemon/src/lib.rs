@@ -5,6 +5,7 @@
 
 pub mod debuginfo;
 pub mod decode;
+pub mod index;
 pub mod perf;
 pub mod pt;
 pub mod sideband;

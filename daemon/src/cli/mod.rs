@@ -1,10 +1,12 @@
 //! Subcommands of the `ptlens` binary. Each one is a thin layer over the library.
 
+mod annotate;
 mod branches;
 mod decode;
 mod dump;
 mod dump_file;
 mod dump_pt;
+mod lines;
 
 use clap::Parser;
 
@@ -23,6 +25,10 @@ pub enum Command {
     Decode(decode::DecodeArgs),
     /// Print every branch of a recording in trace order, as `perf script --itrace=be` shows them.
     Branches(branches::BranchesArgs),
+    /// Print per source line counts (executions, instructions, branches, taken, not taken).
+    Lines(lines::LinesArgs),
+    /// Print source files with counts in a margin, hottest first, as `perf annotate` does.
+    Annotate(annotate::AnnotateArgs),
 }
 
 impl Command {
@@ -31,6 +37,8 @@ impl Command {
             Command::Dump(args) => args.run(),
             Command::Decode(args) => args.run(),
             Command::Branches(args) => args.run(),
+            Command::Lines(args) => args.run(),
+            Command::Annotate(args) => args.run(),
         }
     }
 }

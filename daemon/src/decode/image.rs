@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::debuginfo::{BinaryCache, BuildId};
 use crate::pt::flow::{Context, Image};
-use crate::sideband::{Instant, Model, When};
+use crate::sideband::{Instant, Map, Model, When};
 
 /// An [`Image`] over a recording, immutable while decoding: the address space is named by the
 /// decoder's [`Context::space`], which [`RecordingImage::space`] builds from a pid and a
@@ -82,15 +82,23 @@ impl<'m> RecordingImage<'m> {
     }
 }
 
-impl Image for RecordingImage<'_> {
-    fn read(&self, ctx: &Context, ip: u64, buf: &mut [u8]) -> usize {
+impl RecordingImage<'_> {
+    /// The sideband mapping the code at `ip` is read through in `ctx`, so that other layers
+    /// (the index) name code exactly as the decoder read it.
+    pub fn map_for(&self, ctx: &Context, ip: u64) -> Option<&Map> {
         let (pid, epoch) = Self::split(ctx.space);
         let at = self.instant(epoch);
         // Guests (NR set) are not resolved yet: their code reads as unmapped.
         if ctx.nr {
-            return 0;
+            return None;
         }
-        let Some(map) = self.model.map_at(0, pid, ip, at) else {
+        self.model.map_at(0, pid, ip, at)
+    }
+}
+
+impl Image for RecordingImage<'_> {
+    fn read(&self, ctx: &Context, ip: u64, buf: &mut [u8]) -> usize {
+        let Some(map) = self.map_for(ctx, ip) else {
             return 0;
         };
         let build_id = map

@@ -36,6 +36,8 @@ pub struct BlockRun<'b> {
     /// time so far).
     pub origin: Origin,
     pub block: &'b Block,
+    /// The code image the block was decoded over ([`RecordingImage::map_for`] names its code).
+    pub image: &'b RecordingImage<'b>,
 }
 
 /// Receives the decoded stream.
@@ -432,7 +434,7 @@ impl Runner<'_> {
             if let Some(state) = q.pending.take() {
                 self.deliver(q, &origin, state);
             }
-            let (queue, stats) = (q.idx, &mut self.stats);
+            let (queue, stats, image) = (q.idx, &mut self.stats, self.image);
             let sink = &mut *self.sink;
             let mut on_block = |block: &Block| {
                 stats.instructions += u64::from(block.ninsn);
@@ -440,6 +442,7 @@ impl Runner<'_> {
                     queue,
                     origin,
                     block,
+                    image,
                 });
             };
             let state = q.decoder.next_state(&mut on_block)?;

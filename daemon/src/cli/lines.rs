@@ -1,0 +1,203 @@
+//! `ptlens lines FILE`: per source line counts of a recording.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ptlens::debuginfo::{BinaryCache, SearchPaths};
+use ptlens::decode::{self, DecodeOptions, DecodeStats};
+use ptlens::index::{aggregate, IndexBuilder, LineReport};
+use ptlens::perf::PerfData;
+use ptlens::sideband::Model;
+use serde::Serialize;
+
+/// Print per source line counts of an Intel PT recording: executions (times control entered
+/// the line), instructions, branches, taken branches (perf's branch samples from the line) and
+/// conditional branches not taken.
+///
+/// `--format json` prints one object with a stable schema, documented in the README
+/// ("ptlens lines --format json").
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct LinesArgs {
+    /// The perf.data file.
+    pub file: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    #[command(flatten)]
+    pub search: SearchArgs,
+}
+
+/// Where binaries are looked for, as perf spells it.
+#[derive(clap::Args, Clone)]
+pub struct SearchArgs {
+    /// A build-id cache directory to search first (perf's --buildid-dir). The directory
+    /// holding FILE is searched next, then ~/.debug.
+    #[arg(long, value_name = "DIR")]
+    pub buildid_dir: Vec<PathBuf>,
+
+    /// Look for binaries under DIR (perf's --symfs).
+    #[arg(long, value_name = "DIR")]
+    pub symfs: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table: file:line and the counts.
+    Text,
+    /// One JSON object (schema version 1).
+    Json,
+}
+
+/// The schema of `--format json`.
+#[derive(Serialize)]
+struct JsonReport<'r> {
+    schema: u32,
+    recording: String,
+    decoder_errors: u64,
+    #[serde(flatten)]
+    report: &'r LineReport,
+}
+
+impl SearchArgs {
+    pub fn paths(&self, recording: &Path) -> SearchPaths {
+        let mut search = SearchPaths::new();
+        for dir in &self.buildid_dir {
+            search = search.with_buildid_dir(dir);
+        }
+        let dir = recording
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        search = search.with_buildid_dir(dir);
+        for dir in SearchPaths::perf_default().buildid_dirs {
+            search = search.with_buildid_dir(dir);
+        }
+        if let Some(symfs) = &self.symfs {
+            search = search.with_symfs(symfs);
+        }
+        search
+    }
+}
+
+/// Decodes `file` into an index and aggregates it to lines.
+pub fn line_report(file: &Path, search: &SearchArgs) -> anyhow::Result<(LineReport, DecodeStats)> {
+    let data = PerfData::open(file)?;
+    let recording = data
+        .recording()
+        .with_context(|| format!("reading {}", file.display()))?;
+    let model = Model::build(&recording);
+    let binaries = BinaryCache::new(search.paths(file));
+    let mut builder = IndexBuilder::new();
+    let options = DecodeOptions {
+        progress: progress::callback(),
+    };
+    let stats = decode::decode(&recording, &model, &binaries, &options, &mut builder)
+        .with_context(|| format!("decoding {}", file.display()))?;
+    progress::finish();
+    let index = builder.finish();
+    Ok((aggregate(&index, &binaries), stats))
+}
+
+/// Names what could not be resolved, on stderr.
+pub fn warn_unresolved(report: &LineReport) {
+    for b in report.binaries.iter().filter(|b| !b.found) {
+        eprintln!("ptlens: binary not found: {} ({})", b.path, b.detail);
+    }
+    let u = &report.unresolved;
+    for (what, c) in [
+        ("in no mapping", &u.no_mapping),
+        ("in binaries not found", &u.binary_not_found),
+        ("without a line", &u.no_line),
+    ] {
+        if c.instructions + c.taken > 0 {
+            eprintln!(
+                "ptlens: {} instructions and {} branch samples {what}",
+                c.instructions, c.taken
+            );
+        }
+    }
+}
+
+impl LinesArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let (report, stats) = line_report(&self.file, &self.search)?;
+        let stdout = io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        match self.format {
+            Format::Json => {
+                let json = JsonReport {
+                    schema: 1,
+                    recording: self.file.display().to_string(),
+                    decoder_errors: stats.errors,
+                    report: &report,
+                };
+                serde_json::to_writer_pretty(&mut out, &json)?;
+                writeln!(out)?;
+            }
+            Format::Text => {
+                writeln!(
+                    out,
+                    "{:>10} {:>10} {:>8} {:>8} {:>8}  line",
+                    "executions", "insns", "branches", "taken", "not-tkn"
+                )?;
+                for l in &report.lines {
+                    writeln!(
+                        out,
+                        "{:>10} {:>10} {:>8} {:>8} {:>8}  {}:{}",
+                        l.executions,
+                        l.instructions,
+                        l.branches,
+                        l.taken,
+                        l.not_taken,
+                        l.file,
+                        l.line
+                    )?;
+                }
+                warn_unresolved(&report);
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// A progress bar for long decodes, on a terminal only (piped output stays quiet).
+mod progress {
+    use std::io::IsTerminal;
+    use std::sync::{Mutex, PoisonError};
+
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+    // The decoder takes a plain `fn`, so the bar lives in a static.
+    static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+    pub fn callback() -> Option<fn(u64, u64)> {
+        std::io::stderr()
+            .is_terminal()
+            .then_some(update as fn(u64, u64))
+    }
+
+    fn update(done: u64, total: u64) {
+        let mut bar = BAR.lock().unwrap_or_else(PoisonError::into_inner);
+        let bar = bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            if let Ok(style) =
+                ProgressStyle::with_template("decoding {bar:40} {bytes}/{total_bytes} {eta}")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        bar.set_position(done);
+    }
+
+    pub fn finish() {
+        if let Some(bar) = BAR.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! [`IndexBuilder`]: the [`Sink`] that counts a decode into an [`Index`].
+
+use std::collections::HashMap;
+
+use crate::debuginfo::BuildId;
+use crate::decode::{
+    BlockRun, BranchEvent, BranchFlags, BranchKind as EventKind, RecordingImage, Sink,
+};
+use crate::pt::flow::insn::{classify, MAX_INSN_LEN};
+use crate::pt::flow::{BranchKind, Context, ExecMode, Image};
+
+use super::{BinaryId, BinaryKey, CodeAddr, Counts, Index, InsnShape, Target, PAGE};
+
+/// How the block before, in the same queue, ended.
+#[derive(Debug, Clone, Copy)]
+struct Prev {
+    next_ip: u64,
+    branch: Option<BranchKind>,
+}
+
+/// Which queue an event belongs to, as far as its origin tells: its CPU, or its thread when
+/// the recording is per thread (events do not carry the queue).
+type QueueKey = (i32, i32);
+
+fn queue_key(cpu: i32, tid: i32) -> QueueKey {
+    if cpu == -1 {
+        (-1, tid)
+    } else {
+        (cpu, -1)
+    }
+}
+
+/// Counts blocks and branch events into an [`Index`]; [`IndexBuilder::finish`] hands it out.
+///
+/// Instructions are counted from blocks (each block's instructions decoded once per start
+/// address and cached); taken branches from the branch events, which are perf's samples
+/// exactly (a block ending in a jcc whose target is its own fall-through does not say whether
+/// it was taken). An event's addresses are named through the blocks of its queue just decoded,
+/// so they are resolved in the address space the decoder used.
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    index: Index,
+    /// Instructions from a block start (offsets relative to it), decoded as far as needed.
+    runs: HashMap<(CodeAddr, ExecMode), Vec<(u32, InsnShape)>>,
+    prev: HashMap<u32, Prev>,
+    /// Per queue key, the code identity of IPs its recent blocks started, ended or branched at.
+    recent: HashMap<QueueKey, HashMap<u64, Option<CodeAddr>>>,
+    /// The same for all queues, when an event's origin names no queue seen.
+    recent_any: HashMap<u64, Option<CodeAddr>>,
+    queue_of: HashMap<QueueKey, u32>,
+}
+
+/// The code identity of `ip` in `ctx`, as the decoder's image maps it.
+pub(crate) fn locate(image: &RecordingImage<'_>, ctx: &Context, ip: u64) -> Option<CodeAddr> {
+    let map = image.map_for(ctx, ip)?;
+    let id = match map
+        .build_id
+        .as_ref()
+        .and_then(|b| BuildId::new(b.as_bytes()))
+    {
+        Some(id) => BinaryId::BuildId(id),
+        None => BinaryId::Path(map.filename.clone()),
+    };
+    Some(CodeAddr {
+        binary: BinaryKey { machine_pid: 0, id },
+        offset: map.file_offset(ip),
+    })
+}
+
+impl IndexBuilder {
+    pub fn new() -> IndexBuilder {
+        IndexBuilder::default()
+    }
+
+    /// The counts so far.
+    pub fn finish(self) -> Index {
+        self.index
+    }
+
+    /// Counts one block: `entered` says whether its first instruction was reached other than
+    /// by falling through. The code-free core of [`Sink::block`], for tests and other callers.
+    pub fn count_block(
+        &mut self,
+        thread: (i32, i32),
+        start: &CodeAddr,
+        insns: &[(u32, InsnShape)],
+        entered: bool,
+    ) {
+        let per_thread = self.index.threads.entry(thread).or_default();
+        for (i, &(rel, shape)) in insns.iter().enumerate() {
+            let addr = CodeAddr {
+                binary: start.binary.clone(),
+                offset: start.offset.wrapping_add(u64::from(rel)),
+            };
+            let mut c = Counts {
+                instructions: 1,
+                entries: u64::from(i == 0 && entered),
+                ..Counts::default()
+            };
+            if let Some(kind) = shape.branch {
+                c.branches = 1;
+                if kind == BranchKind::Conditional {
+                    c.cond_branches = 1;
+                }
+            }
+            per_thread.entry(addr.clone()).or_default().add(&c);
+            self.index.counts.entry(addr.clone()).or_default().add(&c);
+            self.index.shapes.entry(addr).or_insert(shape);
+        }
+    }
+
+    /// Counts one branch sample whose source is `from` (resolved), for `thread`.
+    pub fn count_taken(
+        &mut self,
+        thread: (i32, i32),
+        from: Option<&CodeAddr>,
+        conditional: bool,
+        target: Option<Target>,
+    ) {
+        let Some(from) = from else {
+            self.index.unmapped.taken += 1;
+            return;
+        };
+        let c = Counts {
+            taken: 1,
+            cond_taken: u64::from(conditional),
+            ..Counts::default()
+        };
+        self.index.counts.entry(from.clone()).or_default().add(&c);
+        let per_thread = self.index.threads.entry(thread).or_default();
+        per_thread.entry(from.clone()).or_default().add(&c);
+        if let Some(target) = target {
+            let targets = self.index.targets.entry(from.clone()).or_default();
+            *targets.entry(target).or_default() += 1;
+        }
+    }
+
+    /// The instructions of a block of `ninsn` from `start`, decoding what the cache lacks.
+    /// Shorter than `ninsn` when the code cannot be read or decoded.
+    fn insns(
+        &mut self,
+        image: &RecordingImage<'_>,
+        ctx: &Context,
+        mode: ExecMode,
+        ip: u64,
+        start: &CodeAddr,
+        ninsn: u32,
+    ) -> Vec<(u32, InsnShape)> {
+        let run = self.runs.entry((start.clone(), mode)).or_default();
+        let want = ninsn as usize;
+        while run.len() < want {
+            let rel = match run.last() {
+                Some(&(rel, shape)) => rel.saturating_add(u32::from(shape.size)),
+                None => 0,
+            };
+            let at = ip.wrapping_add(u64::from(rel));
+            let mut buf = [0u8; MAX_INSN_LEN];
+            let len = image.read(ctx, at, &mut buf);
+            let Ok(insn) = classify(&buf[..len], mode, at) else {
+                break;
+            };
+            run.push((
+                rel,
+                InsnShape {
+                    size: insn.size,
+                    branch: insn.branch_kind(),
+                },
+            ));
+        }
+        run[..want.min(run.len())].to_vec()
+    }
+
+    fn remember(&mut self, key: QueueKey, ip: u64, addr: Option<CodeAddr>) {
+        self.recent_any.insert(ip, addr.clone());
+        self.recent.entry(key).or_default().insert(ip, addr);
+    }
+
+    fn resolve(&self, key: QueueKey, ip: u64) -> Option<CodeAddr> {
+        match self.recent.get(&key).and_then(|m| m.get(&ip)) {
+            Some(addr) => addr.clone(),
+            None => self.recent_any.get(&ip).cloned().flatten(),
+        }
+    }
+}
+
+impl Sink for IndexBuilder {
+    fn event(&mut self, event: &BranchEvent) {
+        let o = &event.origin;
+        let key = queue_key(o.cpu, o.tid);
+        if let Some(&queue) = self.queue_of.get(&key) {
+            let summary = self.index.queues.entry(queue).or_default();
+            summary.time = Some(match summary.time {
+                Some((a, b)) => (a.min(o.time), b.max(o.time)),
+                None => (o.time, o.time),
+            });
+        }
+        let (from, to, flags) = match &event.kind {
+            EventKind::Error(_) => {
+                self.index.errors += 1;
+                return;
+            }
+            EventKind::Branch { from, to, flags } => (*from, *to, *flags),
+        };
+        // A trace start has no source: perf prints it at ip 0, with no line.
+        if from == 0 {
+            return;
+        }
+        let source = self.resolve(key, from);
+        let indirect = source
+            .as_ref()
+            .and_then(|s| self.index.shapes.get(s))
+            .and_then(|s| s.branch)
+            .is_some_and(|k| {
+                matches!(
+                    k,
+                    BranchKind::IndirectJump | BranchKind::IndirectCall | BranchKind::Return
+                )
+            });
+        let target = (indirect && to != 0).then(|| match self.resolve(key, to) {
+            Some(addr) => Target::Code(addr),
+            None => Target::Unresolved(to),
+        });
+        self.count_taken(
+            (o.pid, o.tid),
+            source.as_ref(),
+            flags.contains(BranchFlags::CONDITIONAL),
+            target,
+        );
+    }
+
+    fn block(&mut self, run: &BlockRun<'_>) {
+        let block = run.block;
+        if block.ninsn == 0 {
+            return;
+        }
+        let key = queue_key(run.origin.cpu, run.origin.tid);
+        self.queue_of.insert(key, run.queue);
+        let prev = self.prev.get(&run.queue).copied();
+        // Falling through (no branch, or a jcc not taken) into this block is not an entry.
+        let entered = !prev.is_some_and(|p| {
+            p.next_ip == block.ip && matches!(p.branch, None | Some(BranchKind::Conditional))
+        });
+        let last_insn = block.last;
+        self.prev.insert(
+            run.queue,
+            Prev {
+                next_ip: last_insn.map_or(block.end_ip, |i| i.next_ip()),
+                branch: last_insn.and_then(|i| i.branch_kind()),
+            },
+        );
+
+        let start = locate(run.image, &block.ctx, block.ip);
+        self.remember(key, block.ip, start.clone());
+        if let Some(last) = last_insn {
+            for ip in [Some(last.ip), Some(last.next_ip()), last.target]
+                .into_iter()
+                .flatten()
+            {
+                let addr = locate(run.image, &block.ctx, ip);
+                self.remember(key, ip, addr);
+            }
+        }
+        let Some(start) = start else {
+            self.index.unmapped.instructions += u64::from(block.ninsn);
+            return;
+        };
+        let path = run
+            .image
+            .map_for(&block.ctx, block.ip)
+            .map(|m| m.filename.clone());
+        if let Some(path) = path {
+            self.index.paths.entry(start.binary.clone()).or_insert(path);
+        }
+        let insns = self.insns(
+            run.image,
+            &block.ctx,
+            block.mode,
+            block.ip,
+            &start,
+            block.ninsn,
+        );
+        // Code that cannot be decoded again is counted, not dropped.
+        self.index.unmapped.instructions += u64::from(block.ninsn) - insns.len() as u64;
+        if let Some(&(rel, _)) = insns.last() {
+            let pages = self
+                .index
+                .queues
+                .entry(run.queue)
+                .or_default()
+                .pages
+                .entry(start.binary.clone())
+                .or_default();
+            let first = start.offset / PAGE;
+            let last = start.offset.saturating_add(u64::from(rel)) / PAGE;
+            pages.extend(first..=last.min(first.saturating_add(16)));
+        }
+        self.count_block((run.origin.pid, run.origin.tid), &start, &insns, entered);
+    }
+}
