@@ -310,3 +310,28 @@ fn mode_exec_applies_at_the_tip_it_precedes() {
     let stats = decode(&trace, &image, &FlowConfig::default(), |_| {});
     assert_eq!((stats.instructions, stats.errors), (2, 0));
 }
+
+/// Fuzz finding: with `--resync-on-error`, an error that resynchronising does not get past
+/// (OVF, MODE.TSX, then FUPs with tracing disabled) must not repeat forever.
+#[test]
+fn resync_on_error_does_not_repeat_an_error_forever() {
+    let mut image = RawImage::new();
+    image.add(BASE, vec![0x90]);
+    let trace = concat(&[
+        &PSB,
+        &[0x99, 0x01, 0x02, 0x23], // MODE.Exec 64-bit, PSBEND
+        &OVF,
+        &[0x99, 0x21], // MODE.TSX begin
+        &ip48(FUP, 0x1000),
+        &ip16(FUP, 0x1001),
+        &[TIP_PGD],
+    ]);
+    let options = PtxedOptions {
+        resync_on_error: true,
+        ..PtxedOptions::default()
+    };
+    let mut out = Vec::new();
+    print(&mut out, &trace, &image, &options).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.lines().count() < 10, "{out}");
+}

@@ -263,6 +263,7 @@ pub fn print(
     let mut stats = Stats::default();
     let mut sync = 0usize;
     let mut block = Block::default();
+    let mut last_error = None;
     'sync: loop {
         block.ip = 0;
         block.ninsn = 0;
@@ -306,7 +307,10 @@ pub fn print(
                 break 'sync;
             }
             diagnose(out, &mut decoder, &block, "error", error)?;
-            if !options.resync_on_error {
+            // A second error at the same packet: resynchronising there made no progress.
+            let repeated = last_error == Some(decoder.offset());
+            last_error = Some(decoder.offset());
+            if !options.resync_on_error || repeated {
                 break;
             }
             status = loop {
