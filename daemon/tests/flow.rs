@@ -5,16 +5,12 @@ use ptlens::pt::flow::ptxed::{print, PtxedOptions};
 use ptlens::pt::flow::{decode, FlowConfig, FlowItem, RawImage};
 use ptlens::pt::packets::PSB;
 
-const BASE: u64 = 0x10_0000;
+#[path = "support/trace.rs"]
+mod trace;
 
-/// PSB+ with FUP (sign-extended 48-bit) at `ip`, MODE.Exec 64-bit, PSBEND.
-fn psb_at(ip: u64) -> Vec<u8> {
-    let mut trace = PSB.to_vec();
-    trace.push(0x7d);
-    trace.extend_from_slice(&ip.to_le_bytes()[..6]);
-    trace.extend_from_slice(&[0x99, 0x01, 0x02, 0x23]);
-    trace
-}
+use trace::{ip16, ip48, psb_at, tnt, FUP, OVF, TIP, TIP_PGD};
+
+const BASE: u64 = 0x10_0000;
 
 fn ptxed(trace: &[u8], image: &RawImage) -> Vec<String> {
     let mut out = Vec::new();
@@ -83,35 +79,6 @@ fn endless_jump_without_trace_ends() {
     let stats = decode(&trace, &image, &FlowConfig::default(), |_| {});
     assert_eq!(stats.errors, 1);
 }
-
-/// Short TNT with `bits` ('t' taken, 'n' not taken), oldest first; at most 6.
-fn tnt(bits: &str) -> u8 {
-    assert!((1..=6).contains(&bits.len()));
-    let value = bits
-        .bytes()
-        .fold(1u8, |acc, bit| acc << 1 | u8::from(bit == b't'));
-    value << 1
-}
-
-/// An IP packet `opcode` (TIP 0x0d, TIP.PGE 0x11, TIP.PGD 0x01, FUP 0x1d) with the low 16 bits
-/// of `ip` (IP compression 1: the upper bits come from the last IP).
-fn ip16(opcode: u8, ip: u64) -> [u8; 3] {
-    let [lo, hi, ..] = ip.to_le_bytes();
-    [opcode | 1 << 5, lo, hi]
-}
-
-/// An IP packet with the whole IP (IP compression 3, 48 bits sign-extended), as hardware
-/// sends after an overflow (which forgets the last IP).
-fn ip48(opcode: u8, ip: u64) -> Vec<u8> {
-    let mut bytes = vec![opcode | 3 << 5];
-    bytes.extend_from_slice(&ip.to_le_bytes()[..6]);
-    bytes
-}
-
-const TIP: u8 = 0x0d;
-const TIP_PGD: u8 = 0x01;
-const FUP: u8 = 0x1d;
-const OVF: [u8; 2] = [0x02, 0xf3];
 
 /// FUP at `ip` then TIP.PGD: tracing disabled asynchronously before `ip` executes.
 fn disable_at(ip: u64) -> Vec<u8> {

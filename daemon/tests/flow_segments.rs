@@ -6,10 +6,14 @@ use std::collections::BTreeMap;
 
 use ptlens::pt::flow::insn::decode as decode_insn;
 use ptlens::pt::flow::{decode, decode_segment, FlowConfig, FlowItem, Image, RawImage};
-use ptlens::pt::packets::{next_psb, PSB};
+use ptlens::pt::packets::next_psb;
 
 #[path = "support/libipt.rs"]
 mod libipt;
+#[path = "support/trace.rs"]
+mod trace;
+
+use trace::psb_at;
 
 type Counts = BTreeMap<u64, u64>;
 
@@ -56,15 +60,6 @@ fn by_segment(trace: &[u8], image: &dyn Image) -> (Counts, usize) {
         psb = next_psb(trace, at + 1);
     }
     (counts, segments)
-}
-
-/// PSB+ with FUP (48-bit) at `ip`, MODE.Exec 64-bit, PSBEND.
-fn psb_at(ip: u64) -> Vec<u8> {
-    let mut trace = PSB.to_vec();
-    trace.push(0x7d);
-    trace.extend_from_slice(&ip.to_le_bytes()[..6]);
-    trace.extend_from_slice(&[0x99, 0x01, 0x02, 0x23]);
-    trace
 }
 
 #[test]
