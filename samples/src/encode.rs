@@ -599,7 +599,9 @@ impl<'a> Encoder<'a> {
 
 /// Writes one Intel PT stream per CPU for a timeline of several tasks (see [`crate::sched`]): each
 /// CPU's stream has the packets of the instructions its tasks ran there, timed by the timeline's ticks
-/// (a tick is a core cycle: see [`Config::tsc_at`]).
+/// (a tick is a core cycle: see [`Config::tsc_at`]). A simulated overflow (`cfg.overflow`) happens on
+/// CPU 0 only, `at` counting the instructions run there; its [`Encoded::lost`] holds timeline event
+/// indices.
 pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
     // For each instruction, the task's next IP (its next instruction, or where an interrupt left it).
     let mut next_of = vec![None; timeline.events.len()];
@@ -619,37 +621,63 @@ pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
             _ => {}
         }
     }
+    let no_overflow = Config {
+        overflow: None,
+        ..cfg.clone()
+    };
     let mut encoders: Vec<Encoder> = (0..timeline.cpus)
-        .map(|_| {
-            let mut e = Encoder::new(cfg);
+        .map(|cpu| {
+            let mut e = Encoder::new(if cpu == 0 { cfg } else { &no_overflow });
             e.external_clock = true;
             e.psb_plus(None);
             e
         })
         .collect();
+    let cpus = encoders.len();
+    // Per CPU: the instructions since the last one that produced a packet, and those lost.
+    let mut unresolved: Vec<Vec<usize>> = vec![Vec::new(); cpus];
+    let mut lost: Vec<Vec<usize>> = vec![Vec::new(); cpus];
     for (i, e) in timeline.events.iter().enumerate() {
-        let enc = &mut encoders[e.cpu as usize];
+        let cpu = e.cpu as usize;
+        let enc = &mut encoders[cpu];
         enc.mark_split();
         enc.clock = e.tick;
         match e.what {
             What::Insn { ip, insn } => {
-                enc.instruction(ip, insn.len, insn.kind, next_of[i]);
+                if enc.instruction(ip, insn.len, insn.kind, next_of[i]) {
+                    if enc.produced_packet {
+                        unresolved[cpu].clear();
+                    } else {
+                        unresolved[cpu].push(i);
+                    }
+                } else {
+                    // As in `encode`: a decoder loses the instructions since the last packet too.
+                    lost[cpu].append(&mut unresolved[cpu]);
+                    lost[cpu].push(i);
+                }
             }
-            What::Interrupt { at } => enc.interrupt(at),
-            What::Switch { .. } => enc.switch_task(),
+            What::Interrupt { at } => {
+                enc.interrupt(at);
+                unresolved[cpu].clear();
+            }
+            What::Switch { .. } => {
+                enc.switch_task();
+                unresolved[cpu].clear();
+            }
             What::Map(_) | What::Fork { .. } | What::Exec { .. } | What::Exit { .. } => {}
         }
     }
     encoders
         .into_iter()
-        .map(|mut enc| {
+        .zip(lost)
+        .map(|(mut enc, lost)| {
             enc.flush_tnt();
             Encoded {
                 bytes: enc.out,
                 map_times: Vec::new(),
                 start_tsc: cfg.tsc_start,
                 end_tsc: cfg.tsc_at(timeline.end),
-                lost: Vec::new(),
+                lost,
                 stats: enc.stats,
                 splits: enc.splits,
             }

@@ -60,7 +60,8 @@ enum Command {
         /// Give up after this many instructions.
         #[arg(long, default_value_t = 20_000_000)]
         max_insns: u64,
-        /// Simulate a buffer overflow at instruction N (OVF and a FUP resync follow the lost packets).
+        /// Simulate a buffer overflow at instruction N (OVF and a FUP resync follow the lost packets);
+        /// with --per-cpu, on CPU 0 at its Nth instruction.
         #[arg(long, value_name = "N")]
         overflow_at: Option<u64>,
         /// Instructions whose packets the simulated overflow loses.
@@ -136,11 +137,6 @@ fn main() -> anyhow::Result<()> {
             program,
         } => {
             if per_cpu.is_some() {
-                anyhow::ensure!(
-                    overflow_at.is_none(),
-                    "--overflow-at cannot go with --per-cpu: simulated overflows are only written into \
-                     per-thread recordings so far"
-                );
                 anyhow::ensure!(
                     !timeless,
                     "--timeless cannot go with --per-cpu: perf needs timestamps to follow the context switches"

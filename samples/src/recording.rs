@@ -268,11 +268,13 @@ pub fn write_per_cpu(
         move |source| RecordError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let cfg = encode::Config {
-        overflow: None,
-        ..opts.encode.clone()
-    };
+    let cfg = opts.encode.clone();
     let streams = encode::encode_timeline(&timeline, &cfg);
+    let mut lost: Vec<usize> = streams
+        .iter()
+        .flat_map(|s| s.lost.iter().copied())
+        .collect();
+    lost.sort_unstable();
     let tc = TimeConv::DEFAULT;
     let pmu_type = intel_pt_pmu_type();
     // One id per CPU: the events perf opens for intel_pt on each CPU.
@@ -357,14 +359,24 @@ pub fn write_per_cpu(
     let truth = dir.join(GROUND_TRUTH);
     let write_truth = || -> std::io::Result<()> {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&truth)?);
-        for (tid, ip) in timeline.instructions() {
-            writeln!(w, "{tid} {ip:x}")?;
+        let mut lost = lost.iter().peekable();
+        for (i, e) in timeline.events.iter().enumerate() {
+            let What::Insn { ip, .. } = e.what else {
+                continue;
+            };
+            if lost.next_if_eq(&&i).is_some() {
+                continue;
+            }
+            writeln!(w, "{} {ip:x}", e.task.1)?;
         }
         w.flush()
     };
     write_truth().map_err(io_err(&truth))?;
     let expected = dir.join(EXPECTED_ERRORS);
-    if expected.exists() {
+    if stats.overflows > 0 {
+        let text = "Overflow packet\n".repeat(stats.overflows as usize);
+        std::fs::write(&expected, text).map_err(io_err(&expected))?;
+    } else if expected.exists() {
         std::fs::remove_file(&expected).map_err(io_err(&expected))?;
     }
     Ok(Recording {
@@ -379,7 +391,7 @@ pub fn write_per_cpu(
         trace_bytes,
         buffers,
         stats,
-        lost: Vec::new(),
+        lost,
         binaries,
     })
 }

@@ -79,7 +79,7 @@ pub struct Timed {
 }
 
 /// Everything that ran, in order.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Timeline {
     pub cpus: u32,
     pub events: Vec<Timed>,

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ptlens_synth::{check, encode, recording, sample, trace};
+use ptlens_synth::{check, encode, recording, sample, sched, trace};
 
 /// Whether `tool` is an executable on PATH. (Not `tool --version`: dash, Debian's `sh`, has none.)
 fn have(tool: &str) -> bool {
@@ -314,9 +314,9 @@ fn threads_regenerated_per_cpu_decode_thread_by_thread() {
 }
 
 #[test]
-fn shell_fork_exec_cat_per_cpu_decodes_exactly() {
+fn shell_fork_exec_cat_per_cpu_decodes_exactly_also_with_an_overflow() {
     if !tools_or_skip(
-        "shell_fork_exec_cat_per_cpu_decodes_exactly",
+        "shell_fork_exec_cat_per_cpu_decodes_exactly_also_with_an_overflow",
         &["perf", "sh", "cat"],
     ) {
         return;
@@ -335,7 +335,12 @@ fn shell_fork_exec_cat_per_cpu_decodes_exactly() {
     };
     // dash forks for `cat`, which execs; the shell waits for it, then runs its builtin `echo`.
     let script = format!("cat {}; echo done", file.display());
-    let rec = recording::record("/bin/sh", &["-c".into(), script], &out, &opts).unwrap();
+    let sched_opts = sched::Options {
+        cpus: 2,
+        ..sched::Options::default()
+    };
+    let timeline = sched::run("/bin/sh", &["-c".into(), script], &sched_opts).unwrap();
+    let rec = recording::write_per_cpu(timeline.clone(), &out, &opts).unwrap();
     assert_eq!(rec.tasks, 2, "the shell and its child: {rec}");
     assert!(rec.buffers >= 8, "AUX buffers of about 4 KiB: {rec}");
     assert!(
@@ -355,5 +360,26 @@ fn shell_fork_exec_cat_per_cpu_decodes_exactly() {
         comms.lines().any(|l| l.trim_start().starts_with("sh ")),
         "no sh samples"
     );
+
+    // The same run with a simulated overflow on CPU 0: exactly one overflow error, and every thread's
+    // flow equal to the ground truth less the lost instructions.
+    let ovf = work.join("rec-overflow");
+    let opts = recording::Options {
+        encode: encode::Config {
+            overflow: Some(encode::Overflow {
+                at: 60_000,
+                lost: 5_000,
+            }),
+            ..opts.encode
+        },
+        ..opts
+    };
+    let rec = recording::write_per_cpu(timeline, &ovf, &opts).unwrap();
+    assert_eq!(rec.stats.overflows, 1, "{rec}");
+    // The loss ends early at a kernel entry, wherever the schedule puts one.
+    assert!(!rec.lost.is_empty(), "{rec}");
+    let verdict = check::check(&ovf).unwrap();
+    assert!(verdict.is_exact(), "{verdict}");
+    assert_eq!(verdict.expected_errors, 1, "{verdict}");
     let _ = std::fs::remove_dir_all(&work);
 }
