@@ -92,7 +92,7 @@ fn ptlens_json(dir: &Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_ptlens"))
         .arg("lines")
         .arg(dir.join("perf.data"))
-        .args(["--format", "json", "--buildid-dir"])
+        .args(["--format", "json", "--srcline", "perf", "--buildid-dir"])
         .arg(dir)
         .output()
         .expect("run ptlens lines");
@@ -144,7 +144,7 @@ fn differences(perf: &PerLine, ours: &PerLine) -> Option<String> {
         return None;
     }
     let n = diffs.len();
-    diffs.truncate(12);
+    diffs.truncate(400);
     Some(format!("{n} differences:\n{}", diffs.join("\n")))
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
 use ptlens::decode::{self, DecodeOptions, DecodeStats};
-use ptlens::index::{aggregate, IndexBuilder, LineReport};
+use ptlens::index::{aggregate, IndexBuilder, LineReport, Naming};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
 use serde::Serialize;
@@ -42,6 +42,18 @@ pub struct SearchArgs {
     /// Look for binaries under DIR (perf's --symfs).
     #[arg(long, value_name = "DIR")]
     pub symfs: Option<PathBuf>,
+
+    /// How source files are named: `dwarf` as the line table says; `perf` as
+    /// `perf script -F srcline` prints them (binutils names code of a DWARF 5 unit's file 1
+    /// by the unit's primary file).
+    #[arg(long, value_enum, default_value_t = Srcline::Dwarf)]
+    pub srcline: Srcline,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Srcline {
+    Dwarf,
+    Perf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,7 +111,11 @@ pub fn line_report(file: &Path, search: &SearchArgs) -> anyhow::Result<(LineRepo
         .with_context(|| format!("decoding {}", file.display()))?;
     progress::finish();
     let index = builder.finish();
-    Ok((aggregate(&index, &binaries), stats))
+    let naming = match search.srcline {
+        Srcline::Dwarf => Naming::Dwarf,
+        Srcline::Perf => Naming::Perf,
+    };
+    Ok((aggregate(&index, &binaries, naming), stats))
 }
 
 /// Names what could not be resolved, on stderr.

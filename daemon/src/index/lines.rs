@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::debuginfo::{Binary, BinaryCache};
 
+use super::srcline::{Naming, Renames};
 use super::{BinaryId, BinaryKey, Counts, Index};
 
 /// Counts of one source line.
@@ -105,8 +106,8 @@ fn as_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error>
     ser.serialize_str(s)
 }
 
-/// Aggregates `index` to lines, loading binaries through `binaries`.
-pub fn aggregate(index: &Index, binaries: &BinaryCache) -> LineReport {
+/// Aggregates `index` to lines, loading binaries through `binaries`, files named by `naming`.
+pub fn aggregate(index: &Index, binaries: &BinaryCache, naming: Naming) -> LineReport {
     let mut report = LineReport::default();
     report.unresolved.no_mapping.instructions = index.unmapped.instructions;
     report.unresolved.no_mapping.taken = index.unmapped.taken;
@@ -149,7 +150,11 @@ pub fn aggregate(index: &Index, binaries: &BinaryCache) -> LineReport {
             found: true,
             detail: binary.path().display().to_string(),
         });
-        let line_of = line_keys(index, key, &binary, &addrs);
+        let renames = match naming {
+            Naming::Dwarf => Renames::default(),
+            Naming::Perf => Renames::of(&binary),
+        };
+        let line_of = line_keys(index, key, &binary, &addrs, &renames);
         aggregate_binary(
             index,
             key,
@@ -173,6 +178,7 @@ fn line_keys(
     key: &BinaryKey,
     binary: &Binary,
     addrs: &[(u64, &Counts)],
+    renames: &Renames,
 ) -> HashMap<u64, LineKey> {
     let mut out = HashMap::new();
     let size = |off: u64| {
@@ -208,6 +214,7 @@ fn line_keys(
                 };
                 if let (Some(file), Some(line)) = (&row.file, row.line) {
                     if line > 0 {
+                        let file = renames.at(vaddr).unwrap_or(file);
                         out.insert(off, (file.clone(), line));
                     }
                 }

@@ -8,6 +8,7 @@
 
 mod builder;
 pub mod lines;
+pub mod srcline;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::pt::flow::BranchKind;
 
 pub use builder::IndexBuilder;
 pub use lines::{aggregate, BinaryReport, FunctionCounts, LineCounts, LineReport, Unresolved};
+pub use srcline::Naming;
 
 /// Which binary: by build-id when the recording has one (paths differ between machines and
 /// cache layouts), by recorded path otherwise.
