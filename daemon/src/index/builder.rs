@@ -11,13 +11,6 @@ use crate::pt::flow::{BranchKind, Context, ExecMode, Image};
 
 use super::{BinaryId, BinaryKey, CodeAddr, Counts, Index, InsnShape, Target, PAGE};
 
-/// How the block before, in the same queue, ended.
-#[derive(Debug, Clone, Copy)]
-struct Prev {
-    next_ip: u64,
-    branch: Option<BranchKind>,
-}
-
 /// Which queue an event belongs to, as far as its origin tells: its CPU, or its thread when
 /// the recording is per thread (events do not carry the queue).
 type QueueKey = (i32, i32);
@@ -37,12 +30,14 @@ fn queue_key(cpu: i32, tid: i32) -> QueueKey {
 /// exactly (a block ending in a jcc whose target is its own fall-through does not say whether
 /// it was taken). An event's addresses are named through the blocks of its queue just decoded,
 /// so they are resolved in the address space the decoder used.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct IndexBuilder {
     index: Index,
     /// Instructions from a block start (offsets relative to it), decoded as far as needed.
     runs: HashMap<(CodeAddr, ExecMode), Vec<(u32, InsnShape)>>,
-    prev: HashMap<u32, Prev>,
+    /// Per queue key, a branch target not decoded yet (a trace start is reported before the
+    /// block it starts): its entry is counted when the block arrives.
+    pending_entry: HashMap<QueueKey, ((i32, i32), u64)>,
     /// Per queue key, the code identity of IPs its recent blocks started, ended or branched at.
     recent: HashMap<QueueKey, HashMap<u64, Option<CodeAddr>>>,
     /// The same for all queues, when an event's origin names no queue seen.
@@ -77,24 +72,32 @@ impl IndexBuilder {
         self.index
     }
 
-    /// Counts one block: `entered` says whether its first instruction was reached other than
-    /// by falling through. The code-free core of [`Sink::block`], for tests and other callers.
+    /// A builder with this one's caches and no counts: what a decoder of the next segment
+    /// knows, so that counting the rest of a stream with it and merging gives exactly the
+    /// counts of one builder.
+    pub fn fork(&self) -> IndexBuilder {
+        IndexBuilder {
+            index: Index::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Counts one block's instructions. The code-free core of [`Sink::block`], for tests and
+    /// other callers.
     pub fn count_block(
         &mut self,
         thread: (i32, i32),
         start: &CodeAddr,
         insns: &[(u32, InsnShape)],
-        entered: bool,
     ) {
         let per_thread = self.index.threads.entry(thread).or_default();
-        for (i, &(rel, shape)) in insns.iter().enumerate() {
+        for &(rel, shape) in insns {
             let addr = CodeAddr {
                 binary: start.binary.clone(),
                 offset: start.offset.wrapping_add(u64::from(rel)),
             };
             let mut c = Counts {
                 instructions: 1,
-                entries: u64::from(i == 0 && entered),
                 ..Counts::default()
             };
             if let Some(kind) = shape.branch {
@@ -107,6 +110,17 @@ impl IndexBuilder {
             self.index.counts.entry(addr.clone()).or_default().add(&c);
             self.index.shapes.entry(addr).or_insert(shape);
         }
+    }
+
+    /// Counts control arriving at `to` by a branch (or a trace start), for `thread`.
+    pub fn count_entry(&mut self, thread: (i32, i32), to: &CodeAddr) {
+        let c = Counts {
+            entries: 1,
+            ..Counts::default()
+        };
+        self.index.counts.entry(to.clone()).or_default().add(&c);
+        let per_thread = self.index.threads.entry(thread).or_default();
+        per_thread.entry(to.clone()).or_default().add(&c);
     }
 
     /// Counts one branch sample whose source is `from` (resolved), for `thread`.
@@ -201,6 +215,16 @@ impl Sink for IndexBuilder {
             }
             EventKind::Branch { from, to, flags } => (*from, *to, *flags),
         };
+        // Entries come from events, not from block adjacency, so that counts of segments
+        // decoded apart add up exactly.
+        if to != 0 {
+            match self.resolve(key, to) {
+                Some(addr) => self.count_entry((o.pid, o.tid), &addr),
+                None => {
+                    self.pending_entry.insert(key, ((o.pid, o.tid), to));
+                }
+            }
+        }
         // A trace start has no source: perf prints it at ip 0, with no line.
         if from == 0 {
             return;
@@ -235,20 +259,7 @@ impl Sink for IndexBuilder {
         }
         let key = queue_key(run.origin.cpu, run.origin.tid);
         self.queue_of.insert(key, run.queue);
-        let prev = self.prev.get(&run.queue).copied();
-        // Falling through (no branch, or a jcc not taken) into this block is not an entry.
-        let entered = !prev.is_some_and(|p| {
-            p.next_ip == block.ip && matches!(p.branch, None | Some(BranchKind::Conditional))
-        });
         let last_insn = block.last;
-        self.prev.insert(
-            run.queue,
-            Prev {
-                next_ip: last_insn.map_or(block.end_ip, |i| i.next_ip()),
-                branch: last_insn.and_then(|i| i.branch_kind()),
-            },
-        );
-
         let start = locate(run.image, &block.ctx, block.ip);
         self.remember(key, block.ip, start.clone());
         if let Some(last) = last_insn {
@@ -294,6 +305,13 @@ impl Sink for IndexBuilder {
             let last = start.offset.saturating_add(u64::from(rel)) / PAGE;
             pages.extend(first..=last.min(first.saturating_add(16)));
         }
-        self.count_block((run.origin.pid, run.origin.tid), &start, &insns, entered);
+        let thread = (run.origin.pid, run.origin.tid);
+        if let Some((who, ip)) = self.pending_entry.get(&key).copied() {
+            if ip == block.ip {
+                self.pending_entry.remove(&key);
+                self.count_entry(who, &start);
+            }
+        }
+        self.count_block(thread, &start, &insns);
     }
 }

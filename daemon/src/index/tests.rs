@@ -25,7 +25,10 @@ fn feed(builder: &mut IndexBuilder, blocks: &[(u64, bool, bool)]) {
         (7, shape(2, Some(BranchKind::Conditional))),
     ];
     for &(start, entered, taken) in blocks {
-        builder.count_block((1, 1), &addr(start), &body, entered);
+        builder.count_block((1, 1), &addr(start), &body);
+        if entered {
+            builder.count_entry((1, 1), &addr(start));
+        }
         if taken {
             builder.count_taken((1, 1), Some(&addr(start + 7)), true, None);
         }
