@@ -157,3 +157,37 @@ impl AnnotateArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_found_beside_the_recording() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let recording = dir.path().join("perf.data");
+        let beside = dir.path().join("prog.c");
+        std::fs::write(&beside, "int main(void) { return 0; }\n").expect("write");
+        // The DWARF's own path wins when it exists.
+        let (found, note) = find_source(&beside.to_string_lossy(), &recording);
+        assert_eq!((found, note), (Some(beside.clone()), None));
+        // A build directory that is gone: the file of that name beside the recording.
+        let (found, note) = find_source("/nonexistent/build/prog.c", &recording);
+        assert_eq!(found, Some(beside));
+        assert!(note.is_some_and(|n| n.contains("does not exist")));
+        // Neither: reported, and the counts are listed by line number.
+        let (found, note) = find_source("/nonexistent/build/other.c", &recording);
+        assert_eq!(found, None);
+        assert!(note.is_some_and(|n| n.contains("source not found")));
+    }
+
+    #[test]
+    fn filters_match_paths_suffixes_and_names() {
+        let path = "/src/app/lib/prog.c";
+        assert!(wanted(path, &[]));
+        assert!(wanted(path, &["prog.c".to_owned()]));
+        assert!(wanted(path, &["lib/prog.c".to_owned()]));
+        assert!(wanted(path, &[path.to_owned()]));
+        assert!(!wanted(path, &["other.c".to_owned()]));
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
 use ptlens::decode::{self, DecodeOptions, DecodeStats};
-use ptlens::index::{aggregate, IndexBuilder, LineReport, Naming};
+use ptlens::index::{aggregate, BinaryReport, IndexBuilder, LineReport, Naming};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
 use serde::Serialize;
@@ -115,13 +115,31 @@ pub fn line_report(file: &Path, search: &SearchArgs) -> anyhow::Result<(LineRepo
         Srcline::Dwarf => Naming::Dwarf,
         Srcline::Perf => Naming::Perf,
     };
-    Ok((aggregate(&index, &binaries, naming), stats))
+    let mut report = aggregate(&index, &binaries, naming);
+    // Code in a binary that was never found could not be decoded at all, so the index has
+    // no counts naming it: the decoder's list says which.
+    for (name, reads) in &stats.missing_binaries {
+        if !report.binaries.iter().any(|b| &b.path == name) {
+            report.binaries.push(BinaryReport {
+                path: name.clone(),
+                build_id: None,
+                found: false,
+                detail: format!("not found; {reads} code reads failed while decoding"),
+            });
+        }
+    }
+    Ok((report, stats))
 }
 
 /// Names what could not be resolved, on stderr.
 pub fn warn_unresolved(report: &LineReport) {
     for b in report.binaries.iter().filter(|b| !b.found) {
         eprintln!("ptlens: binary not found: {} ({})", b.path, b.detail);
+    }
+    if report.binaries.iter().any(|b| !b.found) {
+        eprintln!(
+            "ptlens: code in binaries not found could not be decoded (see --buildid-dir, --symfs)"
+        );
     }
     let u = &report.unresolved;
     for (what, c) in [
