@@ -10,7 +10,7 @@
 //! (TIP.PGD); a return with an empty stack goes to a known return site. Syscalls end the path the way
 //! they do under user-only tracing (TIP.PGD); what the walk cannot follow (invalid bytes, far transfers,
 //! `ud2`, the end of a section) ends it asynchronously just before (FUP, TIP.PGD). A path then restarts
-//! at another function start (TIP.PGE).
+//! at another function start (TIP.PGE). The trace ends the same way, before the next block.
 //!
 //! One rule keeps every asynchronous end exact: a decoder walks from its last packet to the FUP's IP
 //! and stops at the first arrival, so the walk only ends a path at an instruction it has not executed
@@ -640,6 +640,11 @@ impl<'a> Walker<'a> {
                     current = None;
                 }
             }
+        }
+        // The trace ends before the next block: without that FUP a decoder could not know the
+        // instructions run since the last packet-producing branch.
+        if let Some(b) = current {
+            stream.stop_before(self.blocks[b as usize].start);
         }
         Ok(())
     }

@@ -122,6 +122,30 @@ fn bulk_walk_decodes_to_its_expected_counts() {
 }
 
 #[test]
+fn bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts() {
+    if !perf_or_skip("bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts") {
+        return;
+    }
+    let ld_so = Path::new("/lib64/ld-linux-x86-64.so.2");
+    if !ld_so.exists() {
+        eprintln!(
+            "bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts: skipped: no {}",
+            ld_so.display()
+        );
+        return;
+    }
+    // This seed ends the trace after direct jumps and calls but no packet since: the final FUP must
+    // tell a decoder about them.
+    let dir = scratch("bulk-ld");
+    let mut opts = bulk::Options::new(ld_so, 128 << 10);
+    opts.seed = 9;
+    bulk::generate(&dir, &opts).unwrap();
+    let verdict = bulk::check(&dir).unwrap();
+    assert!(verdict.is_exact(), "{verdict}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bulk_walk_with_a_wrong_count_is_caught() {
     if !perf_or_skip("bulk_walk_with_a_wrong_count_is_caught") {
         return;
