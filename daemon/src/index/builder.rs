@@ -15,6 +15,9 @@ use super::{BinaryId, BinaryKey, CodeAddr, Counts, Index, InsnShape, Target, PAG
 /// the recording is per thread (events do not carry the queue).
 type QueueKey = (i32, i32);
 
+/// A block as counted: start, mode, instructions known, thread (pid, tid), AUX queue.
+type BlockKey = (CodeAddr, ExecMode, u32, (i32, i32), u32);
+
 fn queue_key(cpu: i32, tid: i32) -> QueueKey {
     if cpu == -1 {
         (-1, tid)
@@ -35,6 +38,9 @@ pub struct IndexBuilder {
     index: Index,
     /// Instructions from a block start (offsets relative to it), decoded as far as needed.
     runs: HashMap<(CodeAddr, ExecMode), Vec<(u32, InsnShape)>>,
+    /// Executions per (block start, mode, instructions, thread, queue): hot code costs one count per
+    /// block, expanded to instructions once, in [`IndexBuilder::finish`].
+    blocks: HashMap<BlockKey, u64>,
     /// Per queue key, a branch target not decoded yet (a trace start is reported before the
     /// block it starts): its entry is counted when the block arrives.
     pending_entry: HashMap<QueueKey, ((i32, i32), u64)>,
@@ -43,6 +49,36 @@ pub struct IndexBuilder {
     /// The same for all queues, when an event's origin names no queue seen.
     recent_any: HashMap<u64, Option<CodeAddr>>,
     queue_of: HashMap<QueueKey, u32>,
+}
+
+/// Adds `times` executions of the instructions `insns` (offsets relative to `start`).
+fn count_into(
+    index: &mut Index,
+    thread: (i32, i32),
+    start: &CodeAddr,
+    insns: &[(u32, InsnShape)],
+    times: u64,
+) {
+    let per_thread = index.threads.entry(thread).or_default();
+    for &(rel, shape) in insns {
+        let addr = CodeAddr {
+            binary: start.binary.clone(),
+            offset: start.offset.wrapping_add(u64::from(rel)),
+        };
+        let mut c = Counts {
+            instructions: times,
+            ..Counts::default()
+        };
+        if let Some(kind) = shape.branch {
+            c.branches = times;
+            if kind == BranchKind::Conditional {
+                c.cond_branches = times;
+            }
+        }
+        per_thread.entry(addr.clone()).or_default().add(&c);
+        index.counts.entry(addr.clone()).or_default().add(&c);
+        index.shapes.entry(addr).or_insert(shape);
+    }
 }
 
 /// The code identity of `ip` in `ctx`, as the decoder's image maps it.
@@ -68,7 +104,27 @@ impl IndexBuilder {
     }
 
     /// The counts so far.
-    pub fn finish(self) -> Index {
+    pub fn finish(mut self) -> Index {
+        for ((start, mode, n, thread, queue), times) in std::mem::take(&mut self.blocks) {
+            let Some(run) = self.runs.get(&(start.clone(), mode)) else {
+                continue;
+            };
+            let run = &run[..(n as usize).min(run.len())];
+            count_into(&mut self.index, thread, &start, run, times);
+            if let Some(&(rel, _)) = run.last() {
+                let pages = self
+                    .index
+                    .queues
+                    .entry(queue)
+                    .or_default()
+                    .pages
+                    .entry(start.binary.clone())
+                    .or_default();
+                let first = start.offset / PAGE;
+                let last = start.offset.saturating_add(u64::from(rel)) / PAGE;
+                pages.extend(first..=last.min(first.saturating_add(16)));
+            }
+        }
         self.index
     }
 
@@ -78,6 +134,7 @@ impl IndexBuilder {
     pub fn fork(&self) -> IndexBuilder {
         IndexBuilder {
             index: Index::default(),
+            blocks: HashMap::new(),
             ..self.clone()
         }
     }
@@ -90,26 +147,7 @@ impl IndexBuilder {
         start: &CodeAddr,
         insns: &[(u32, InsnShape)],
     ) {
-        let per_thread = self.index.threads.entry(thread).or_default();
-        for &(rel, shape) in insns {
-            let addr = CodeAddr {
-                binary: start.binary.clone(),
-                offset: start.offset.wrapping_add(u64::from(rel)),
-            };
-            let mut c = Counts {
-                instructions: 1,
-                ..Counts::default()
-            };
-            if let Some(kind) = shape.branch {
-                c.branches = 1;
-                if kind == BranchKind::Conditional {
-                    c.cond_branches = 1;
-                }
-            }
-            per_thread.entry(addr.clone()).or_default().add(&c);
-            self.index.counts.entry(addr.clone()).or_default().add(&c);
-            self.index.shapes.entry(addr).or_insert(shape);
-        }
+        count_into(&mut self.index, thread, start, insns, 1);
     }
 
     /// Counts control arriving at `to` by a branch (or a trace start), for `thread`.
@@ -149,8 +187,8 @@ impl IndexBuilder {
         }
     }
 
-    /// The instructions of a block of `ninsn` from `start`, decoding what the cache lacks.
-    /// Shorter than `ninsn` when the code cannot be read or decoded.
+    /// How many of a block's `ninsn` instructions from `start` are known, decoding what the
+    /// cache lacks: fewer than `ninsn` when the code cannot be read or decoded.
     fn insns(
         &mut self,
         image: &RecordingImage<'_>,
@@ -159,7 +197,7 @@ impl IndexBuilder {
         ip: u64,
         start: &CodeAddr,
         ninsn: u32,
-    ) -> Vec<(u32, InsnShape)> {
+    ) -> usize {
         let run = self.runs.entry((start.clone(), mode)).or_default();
         let want = ninsn as usize;
         while run.len() < want {
@@ -181,7 +219,7 @@ impl IndexBuilder {
                 },
             ));
         }
-        run[..want.min(run.len())].to_vec()
+        want.min(run.len())
     }
 
     fn remember(&mut self, key: QueueKey, ip: u64, addr: Option<CodeAddr>) {
@@ -282,7 +320,7 @@ impl Sink for IndexBuilder {
         if let Some(path) = path {
             self.index.paths.entry(start.binary.clone()).or_insert(path);
         }
-        let insns = self.insns(
+        let known = self.insns(
             run.image,
             &block.ctx,
             block.mode,
@@ -291,20 +329,7 @@ impl Sink for IndexBuilder {
             block.ninsn,
         );
         // Code that cannot be decoded again is counted, not dropped.
-        self.index.unmapped.instructions += u64::from(block.ninsn) - insns.len() as u64;
-        if let Some(&(rel, _)) = insns.last() {
-            let pages = self
-                .index
-                .queues
-                .entry(run.queue)
-                .or_default()
-                .pages
-                .entry(start.binary.clone())
-                .or_default();
-            let first = start.offset / PAGE;
-            let last = start.offset.saturating_add(u64::from(rel)) / PAGE;
-            pages.extend(first..=last.min(first.saturating_add(16)));
-        }
+        self.index.unmapped.instructions += u64::from(block.ninsn) - known as u64;
         let thread = (run.origin.pid, run.origin.tid);
         if let Some((who, ip)) = self.pending_entry.get(&key).copied() {
             if ip == block.ip {
@@ -312,6 +337,10 @@ impl Sink for IndexBuilder {
                 self.count_entry(who, &start);
             }
         }
-        self.count_block(thread, &start, &insns);
+        let n = u32::try_from(known).unwrap_or(u32::MAX);
+        *self
+            .blocks
+            .entry((start, block.mode, n, thread, run.queue))
+            .or_default() += 1;
     }
 }
