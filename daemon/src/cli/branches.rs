@@ -42,6 +42,14 @@ pub struct BranchesArgs {
     /// Look for binaries under DIR (perf's --symfs).
     #[arg(long, value_name = "DIR")]
     pub symfs: Option<PathBuf>,
+
+    /// The kernel image to read kernel code, symbols and lines from (perf's --vmlinux).
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
+
+    /// The kernel symbol table, in /proc/kallsyms format (perf's --kallsyms).
+    #[arg(long, value_name = "FILE")]
+    pub kallsyms: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,6 +77,7 @@ fn search_paths(args: &BranchesArgs) -> SearchPaths {
     if let Some(symfs) = &args.symfs {
         search = search.with_symfs(symfs);
     }
+    search = super::kernel_paths(search, &args.file, &args.vmlinux, &args.kallsyms);
     search
 }
 

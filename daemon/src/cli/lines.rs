@@ -43,6 +43,14 @@ pub struct SearchArgs {
     #[arg(long, value_name = "DIR")]
     pub symfs: Option<PathBuf>,
 
+    /// The kernel image to read kernel code, symbols and lines from (perf's --vmlinux).
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
+
+    /// The kernel symbol table, in /proc/kallsyms format (perf's --kallsyms).
+    #[arg(long, value_name = "FILE")]
+    pub kallsyms: Option<PathBuf>,
+
     /// How source files are named: `dwarf` as the line table says; `perf` as
     /// `perf script -F srcline` prints them (binutils names code of a DWARF 5 unit's file 1
     /// by the unit's primary file).
@@ -91,6 +99,7 @@ impl SearchArgs {
         if let Some(symfs) = &self.symfs {
             search = search.with_symfs(symfs);
         }
+        search = super::kernel_paths(search, recording, &self.vmlinux, &self.kallsyms);
         search
     }
 }

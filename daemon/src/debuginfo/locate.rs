@@ -34,6 +34,12 @@ pub struct SearchPaths {
     /// The global debug directory, `/usr/lib/debug` unless a test says otherwise. Looked up under
     /// `symfs` as perf does.
     pub debug_dir: PathBuf,
+    /// perf's `--vmlinux FILE`: the kernel image, taken whatever its build-id.
+    pub vmlinux: Option<PathBuf>,
+    /// perf's `--kallsyms FILE`: the kernel's symbol table.
+    pub kallsyms: Option<PathBuf>,
+    /// A recording's `kcore_dir` (`perf record --kcore`): `kcore`, `kallsyms`, `modules`.
+    pub kcore_dir: Option<PathBuf>,
 }
 
 impl Default for SearchPaths {
@@ -42,6 +48,9 @@ impl Default for SearchPaths {
             buildid_dirs: Vec::new(),
             symfs: None,
             debug_dir: PathBuf::from("/usr/lib/debug"),
+            vmlinux: None,
+            kallsyms: None,
+            kcore_dir: None,
         }
     }
 }
@@ -230,6 +239,24 @@ impl SearchPaths {
     /// Sets the global debug directory.
     pub fn with_debug_dir(mut self, dir: impl Into<PathBuf>) -> SearchPaths {
         self.debug_dir = dir.into();
+        self
+    }
+
+    /// Sets `--vmlinux`.
+    pub fn with_vmlinux(mut self, file: impl Into<PathBuf>) -> SearchPaths {
+        self.vmlinux = Some(file.into());
+        self
+    }
+
+    /// Sets `--kallsyms`.
+    pub fn with_kallsyms(mut self, file: impl Into<PathBuf>) -> SearchPaths {
+        self.kallsyms = Some(file.into());
+        self
+    }
+
+    /// Sets the recording's `kcore_dir`.
+    pub fn with_kcore_dir(mut self, dir: impl Into<PathBuf>) -> SearchPaths {
+        self.kcore_dir = Some(dir.into());
         self
     }
 

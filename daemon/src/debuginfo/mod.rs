@@ -16,6 +16,7 @@
 mod binary;
 mod build_id;
 mod cache;
+mod kernel;
 mod locate;
 
 use std::fs::File;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 pub use binary::{Binary, Frame, LineRow, Segment, Symbol};
 pub use build_id::{BuildId, ParseBuildIdError};
 pub use cache::BinaryCache;
+pub use kernel::{vmlinux_text, Kallsyms, Kcore, KcoreSegment, KernelSymbol};
 pub use locate::{DebugLink, Located, NotFound, Origin, Rejection, SearchPaths, Tried};
 
 /// An error of this module. Each names the file it is about.

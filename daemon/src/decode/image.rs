@@ -23,6 +23,8 @@ pub struct RecordingImage<'m> {
     /// Binaries that could not be found: name → reads that failed. Diagnostics only: what the
     /// image returns never depends on it.
     missing: Mutex<BTreeMap<String, u64>>,
+    /// Kernel maps read through vmlinux or kcore (see `kernel.rs`).
+    kernel: super::kernel::KernelCode,
 }
 
 impl<'m> RecordingImage<'m> {
@@ -35,6 +37,7 @@ impl<'m> RecordingImage<'m> {
             binaries,
             epochs,
             missing: Mutex::new(BTreeMap::new()),
+            kernel: super::kernel::KernelCode::new(),
         }
     }
 
@@ -101,6 +104,14 @@ impl Image for RecordingImage<'_> {
         let Some(map) = self.map_for(ctx, ip) else {
             return 0;
         };
+        if super::kernel::is_kernel_map(map) {
+            let search = self.binaries.search_paths();
+            let read = self.kernel.read(search, map, ip, buf);
+            return read.unwrap_or_else(|name| {
+                self.note_missing(name);
+                0
+            });
+        }
         let build_id = map
             .build_id
             .as_ref()

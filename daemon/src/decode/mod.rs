@@ -6,9 +6,11 @@
 
 mod event;
 mod image;
+mod kernel;
 mod pipeline;
 mod queue;
 
 pub use event::{error_code, BranchEvent, BranchFlags, BranchKind, Origin, TraceError};
 pub use image::RecordingImage;
+pub use kernel::{is_kernel_map, vmlinux_address, KernelCode, KERNEL_NAME};
 pub use pipeline::{decode, BlockRun, DecodeError, DecodeOptions, DecodeStats, Sink};
