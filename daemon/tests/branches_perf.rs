@@ -229,12 +229,7 @@ fn per_cpu(events: &[Event]) -> std::collections::BTreeMap<i32, Vec<Event>> {
 
 /// Samples whose streams are known to differ from perf's, and why. The test fails when one
 /// of them starts to agree, so the list stays current.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
-    "threads",
-    "the first 11,444 events agree; after that, where the two CPUs' queues interleave and \
-         which thread a branch gets follow timestamps, and ptlens's MTC/TMA timestamps are \
-         not yet perf's (see branch_times_equal_perf)",
-)];
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
 
 /// Compares one sample: None when equal. With `with_time` false, times are left out.
 fn compare(dir: &Path, with_time: bool) -> Option<String> {
@@ -287,11 +282,10 @@ fn branches_equal_perf_script_on_every_sample() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The same streams with perf's times: these follow perf's MTC/TMA timestamp model exactly
-/// (TMA's fast counter, and when a decoder state takes the time of a timing packet), which
-/// the flow decoder's time estimate does not reproduce yet.
+/// The same streams with perf's times: perf's MTC/TMA clock (`pt::flow::time::PerfClock`),
+/// each branch at the time of the packet that decided it, and perf's estimates for trace
+/// starts and errors.
 #[test]
-#[ignore = "ptlens's MTC-based timestamps differ from perf's (TMA fast counter, sample-time updates)"]
 fn branch_times_equal_perf() {
     if !perf_support::have_perf() {
         return;

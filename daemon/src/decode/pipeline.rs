@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::debuginfo::BinaryCache;
 use crate::perf::{RecordBody, Recording};
+use crate::pt::flow::time::PerfTiming;
 use crate::pt::flow::{Block, BlockConfig, EventConfig};
 use crate::sideband::{Instant, Model, When};
 
@@ -217,6 +218,10 @@ pub fn decode(
                     u32::try_from(pt.tsc_ctc_ratio_d).unwrap_or(1),
                 )
             }),
+            // perf's clock: perf script's times, queue order and threads follow it.
+            perf: Some(PerfTiming {
+                max_non_turbo_ratio: u32::try_from(pt.max_nonturbo_ratio).unwrap_or(0),
+            }),
         },
         ..BlockConfig::default()
     };
@@ -285,6 +290,20 @@ pub fn decode(
     let mut stats = run.stats;
     stats.missing_binaries = image.missing();
     Ok(stats)
+}
+
+/// perf's `kernel_start` on x86_64: the only addresses above 2^63 are the kernel's.
+const KERNEL_START: u64 = 1 << 63;
+
+/// A branch into user space from the kernel or from nowhere (a trace start), which perf
+/// times with its estimate.
+fn returns_to_user(kind: &StateKind) -> bool {
+    match *kind {
+        StateKind::Branch { from, to, .. } => {
+            (from >= KERNEL_START || from == 0) && to != 0 && to < KERNEL_START
+        }
+        StateKind::Error { .. } => false,
+    }
 }
 
 struct Runner<'r> {
@@ -448,13 +467,14 @@ impl Runner<'_> {
             let state = q.decoder.next_state(&mut on_block)?;
             if let StateKind::Error { .. } = state.kind {
                 // perf: `ptq->timestamp = state->est_timestamp`, then the error at once.
-                if state.tsc != 0 {
-                    q.timestamp = state.tsc;
-                }
+                q.timestamp = state.est;
                 self.deliver(q, &origin, state);
                 continue;
             }
-            if state.tsc > q.timestamp {
+            if !self.timeless && returns_to_user(&state.kind) {
+                // perf (`est_tsc`): the estimate on entering user space, even backwards.
+                q.timestamp = state.est;
+            } else if state.tsc > q.timestamp {
                 q.timestamp = state.tsc;
             }
             q.pending = Some(state);

@@ -30,7 +30,11 @@ pub(crate) enum StateKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct State {
     pub kind: StateKind,
+    /// perf's `state->timestamp`: the time of the packet that decided the state.
     pub tsc: u64,
+    /// perf's `state->est_timestamp`: `tsc` plus an estimate for the instructions run since
+    /// the last timing packet (perf uses it for errors and for returns to user space).
+    pub est: u64,
 }
 
 /// A branch ending a block, held until the next item tells whether tracing stopped at it.
@@ -96,6 +100,10 @@ pub(crate) struct QueueDecoder<'a> {
     pending: Option<Pending>,
     block: Block,
     last_sync: Option<usize>,
+    /// perf's `timestamp_insn_cnt`, approximated per block: instructions since the clock's
+    /// epoch `insn_epoch` began.
+    insns: u64,
+    insn_epoch: u64,
 }
 
 impl<'a> QueueDecoder<'a> {
@@ -110,6 +118,8 @@ impl<'a> QueueDecoder<'a> {
             pending: None,
             block: Block::default(),
             last_sync: None,
+            insns: 0,
+            insn_epoch: 0,
         }
     }
 
@@ -135,7 +145,28 @@ impl<'a> QueueDecoder<'a> {
         self.decoder.tsc().unwrap_or(0)
     }
 
+    /// perf's estimate at `tsc` after `insns` instructions without timing.
+    fn estimate(&self, tsc: u64, insns: u64) -> u64 {
+        match self.decoder.perf_clock() {
+            Some(clock) => clock.estimate(tsc, insns),
+            None => tsc,
+        }
+    }
+
+    /// Instructions since perf last zeroed its count (at a timing packet).
+    fn insns_since_timing(&mut self) -> u64 {
+        if let Some(clock) = self.decoder.perf_clock() {
+            if clock.epoch() != self.insn_epoch {
+                self.insn_epoch = clock.epoch();
+                self.insns = 0;
+            }
+        }
+        self.insns
+    }
+
     fn push_branch(&mut self, from: u64, to: u64, flags: u32, tsc: u64) {
+        let insns = self.insns_since_timing();
+        let est = self.estimate(tsc, insns);
         self.ready.push_back(State {
             kind: StateKind::Branch {
                 from,
@@ -143,6 +174,7 @@ impl<'a> QueueDecoder<'a> {
                 flags: BranchFlags(flags),
             },
             tsc,
+            est,
         });
     }
 
@@ -154,8 +186,18 @@ impl<'a> QueueDecoder<'a> {
     }
 
     fn push_error(&mut self, kind: ErrorKind, code: u32, ip: u64) {
+        // perf samples an error at the time of every packet read up to it.
+        let tsc = match self.decoder.perf_clock() {
+            Some(clock) => clock.timestamp(),
+            None => self.tsc(),
+        };
+        self.push_error_at(kind, code, ip, tsc);
+    }
+
+    fn push_error_at(&mut self, kind: ErrorKind, code: u32, ip: u64, tsc: u64) {
         self.flush_pending();
-        let tsc = self.tsc();
+        let insns = self.insns_since_timing();
+        let est = self.estimate(tsc, insns);
         self.ready.push_back(State {
             kind: StateKind::Error {
                 code,
@@ -164,6 +206,7 @@ impl<'a> QueueDecoder<'a> {
                 detail: kind.to_string(),
             },
             tsc,
+            est,
         });
     }
 
@@ -205,6 +248,8 @@ impl<'a> QueueDecoder<'a> {
                 let mut block = self.block;
                 let result = self.decoder.next_block(&mut block);
                 self.block = block;
+                self.insns_since_timing();
+                self.insns += u64::from(block.ninsn);
                 on_block(&block);
                 match result {
                     Ok(next) => {
@@ -270,7 +315,8 @@ impl<'a> QueueDecoder<'a> {
             from: last.ip,
             to,
             flags,
-            tsc: self.tsc(),
+            // perf samples a branch at the time of the packet that decided it.
+            tsc: block.tsc.unwrap_or(0),
         });
     }
 
@@ -285,8 +331,9 @@ impl<'a> QueueDecoder<'a> {
                 self.flush_pending();
                 self.push_branch(0, ip.unwrap_or(0), F::BRANCH | F::TRACE_BEGIN, tsc);
             }
+            // perf's trace end is sampled at the TIP.PGD.
             EventKind::Disabled { .. } => match self.pending.take() {
-                Some(p) => self.push_branch(p.from, 0, p.flags | F::TRACE_END, p.tsc),
+                Some(p) => self.push_branch(p.from, 0, p.flags | F::TRACE_END, tsc),
                 None => self.push_branch(ip_before, 0, F::BRANCH | F::TRACE_END, tsc),
             },
             EventKind::AsyncDisabled { at, .. } => {
@@ -304,8 +351,10 @@ impl<'a> QueueDecoder<'a> {
             }
             EventKind::Overflow { ip } => {
                 self.flush_pending();
+                // perf zeroes its instruction count at an overflow.
+                self.insns = 0;
                 // perf reports the IP its walk had reached: after the last TNT bit used.
-                self.push_error(ErrorKind::Internal, error_code::OVR, ip_before);
+                self.push_error_at(ErrorKind::Internal, error_code::OVR, ip_before, tsc);
                 if let Some(State {
                     kind: StateKind::Error { detail, .. },
                     ..

@@ -56,6 +56,9 @@ pub struct Block {
     pub last: Option<Insn>,
     /// The address space the block ran in.
     pub ctx: Context,
+    /// The TSC of the last trace packet the flow used up to the block's end: for a branch
+    /// that needed trace, the packet that decided it (perf's sample time for the branch).
+    pub tsc: Option<u64>,
 }
 
 /// Options of the block decoder.
@@ -135,6 +138,8 @@ pub struct BlockDecoder<'a> {
     ctx: Context,
     retstack: ReturnStack,
     tsc: Option<u64>,
+    /// The TSC of the last event whose trace the flow used (see [`Block::tsc`]).
+    used_tsc: Option<u64>,
     cbr: Option<u8>,
     /// An instruction an event was bound to, to be stepped over after the event.
     postponed: Option<Insn>,
@@ -164,6 +169,7 @@ impl<'a> BlockDecoder<'a> {
             ctx: Context::default(),
             retstack: ReturnStack::new(),
             tsc: None,
+            used_tsc: None,
             cbr: None,
             postponed: None,
             bound_paging: false,
@@ -222,6 +228,13 @@ impl<'a> BlockDecoder<'a> {
     /// The last core:bus ratio.
     pub fn cbr(&self) -> Option<u8> {
         self.cbr
+    }
+
+    /// perf's clock as of the packets read so far, when [`EventConfig::perf`] selected it.
+    ///
+    /// [`EventConfig::perf`]: super::events::EventConfig::perf
+    pub fn perf_clock(&self) -> Option<super::time::PerfClock> {
+        self.evdec.time.perf().copied()
     }
 
     /// The instruction at `ip` in mode `mode` and the current context, from the cache.
@@ -344,6 +357,8 @@ impl<'a> BlockDecoder<'a> {
     fn fetch_event(&mut self) {
         if let Ok(event) = &self.event {
             self.tsc = event.tsc.or(self.tsc);
+            // A PSB+ counts too: perf samples its time at every PSB.
+            self.used_tsc = event.tsc.or(self.used_tsc);
             if !event.status_update {
                 self.use_trace(self.event_offset);
             }
@@ -361,7 +376,9 @@ impl<'a> BlockDecoder<'a> {
             ctx: self.ctx,
             ..Block::default()
         };
-        self.proceed(block)
+        let result = self.proceed(block);
+        block.tsc = self.used_tsc;
+        result
     }
 
     fn proceed(&mut self, block: &mut Block) -> Result<Status, ErrorKind> {
@@ -527,6 +544,10 @@ impl<'a> BlockDecoder<'a> {
         {
             self.use_trace(self.event_offset);
         }
+        // The TNT packet decides this branch: its time is the branch's.
+        if let Ok(Event { tsc: Some(tsc), .. }) = self.event {
+            self.used_tsc = Some(tsc);
+        }
         match &mut self.event {
             Ok(Event {
                 kind: EventKind::Tnt { bits, size },
@@ -595,8 +616,10 @@ impl<'a> BlockDecoder<'a> {
                 match self.evdec.next_event() {
                     Ok(Event {
                         kind: EventKind::Tip { ip },
+                        tsc,
                         ..
                     }) => {
+                        self.used_tsc = tsc.or(self.used_tsc);
                         self.use_trace(self.evdec.event_offset());
                         self.ip = ip.unwrap_or(0);
                         Ok(())

@@ -10,7 +10,7 @@ use crate::pt::packets::{self, BlockContext, IpPayload, LastIp, Packet, PacketEr
 
 use super::errata::Errata;
 use super::insn::ExecMode;
-use super::time::Time;
+use super::time::{PerfTiming, Time};
 use super::ErrorKind;
 
 /// What happened, in the trace's order.
@@ -333,6 +333,8 @@ pub struct EventConfig {
     pub mtc_freq: u8,
     /// TSC:CTC ratio numerator and denominator (CPUID 0x15 EBX/EAX).
     pub ctc_ratio: Option<(u32, u32)>,
+    /// Time as perf 6.1 computes it instead of libipt (the perf pipeline's choice).
+    pub perf: Option<PerfTiming>,
 }
 
 /// Packets in, events out.
@@ -510,7 +512,7 @@ impl<'a> EventDecoder<'a> {
     pub fn sync_from(&mut self, from: usize) -> Result<(), ErrorKind> {
         self.reset();
         // Each PSB segment decodes on its own: timing starts afresh too.
-        self.time = Time::new(self.config);
+        self.time.restart(self.config);
         let Some(psb) = packets::next_psb(self.data, from.min(self.data.len())) else {
             self.pos = self.data.len();
             self.packet_offset = self.pos;
@@ -523,7 +525,7 @@ impl<'a> EventDecoder<'a> {
     /// Synchronises at the PSB at `offset`.
     pub fn sync_set(&mut self, offset: usize) -> Result<(), ErrorKind> {
         self.reset();
-        self.time = Time::new(self.config);
+        self.time.restart(self.config);
         if self.data.get(offset..offset + PSB.len()) != Some(&PSB[..]) {
             return Err(ErrorKind::Nosync);
         }

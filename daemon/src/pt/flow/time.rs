@@ -1,13 +1,220 @@
 //! Timing: the last TSC and an estimate between TSC packets, and perf-time conversion.
+//!
+//! Two models: libipt's (the default, what ptxed prints) and perf 6.1's
+//! (`intel-pt-decoder.c`, selected by [`EventConfig::perf`]), which the perf pipeline needs
+//! because `perf script` times, orders and attributes branches by it.
 
 use crate::pt::packets::Packet;
 
 use super::events::EventConfig;
 
+/// Selects perf's timing model (see [`PerfClock`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerfTiming {
+    /// The maximum non-turbo ratio (AUXTRACE_INFO), for CYC and instruction estimates.
+    pub max_non_turbo_ratio: u32,
+}
+
+/// perf 6.1's `decoder->timestamp` and the state it is computed from.
+///
+/// Differences from libipt that matter: MTC time is anchored at `TSC - FastCounter - CTC
+/// remainder` (TMA), an MTC counts from the last MTC (a repeat counts 256 periods), nothing is
+/// reset at a PSB, and time never goes backwards.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerfClock {
+    timestamp: u64,
+    tsc_timestamp: u64,
+    ctc_timestamp: u64,
+    ctc_delta: u64,
+    last_mtc: u32,
+    have_tma: bool,
+    fixup_last_mtc: bool,
+    cbr: u32,
+    cyc_ref_timestamp: u64,
+    cycle_cnt: u64,
+    /// Bumped where perf zeroes `timestamp_insn_cnt` (so callers can count instructions
+    /// since the last timing update, for `intel_pt_est_timestamp`).
+    epoch: u64,
+    mtc_shift: u32,
+    ratio_n: u32,
+    ratio_d: u32,
+    max_non_turbo_ratio: u32,
+}
+
+/// perf's `multdiv`: t * n / d without overflowing on t * n.
+fn multdiv(t: u64, n: u32, d: u32) -> u64 {
+    if d == 0 {
+        return 0;
+    }
+    let (n, d) = (u64::from(n), u64::from(d));
+    (t / d)
+        .wrapping_mul(n)
+        .wrapping_add((t % d).wrapping_mul(n) / d)
+}
+
+/// How far (in TSC ticks) a TSC packet may seem to go back before perf takes it as a wrap.
+const TSC_SLIP: u64 = 0x10000;
+
+impl PerfClock {
+    fn new(config: EventConfig, perf: PerfTiming) -> Self {
+        let (ratio_n, ratio_d) = match config.ctc_ratio {
+            Some((n, d)) if n != 0 => (n, d),
+            _ => (0, 0),
+        };
+        PerfClock {
+            mtc_shift: u32::from(config.mtc_freq).min(31),
+            ratio_n,
+            ratio_d,
+            max_non_turbo_ratio: perf.max_non_turbo_ratio,
+            ..PerfClock::default()
+        }
+    }
+
+    /// `decoder->timestamp` (0: none yet).
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+
+    /// Changes whenever perf zeroes its instruction count since the last timing packet.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn cbr(&self) -> u32 {
+        self.cbr
+    }
+
+    /// CTC ticks to TSC ticks (perf uses the integer multiplier when the ratio is whole).
+    fn ctc_to_tsc(&self, ctc: u64) -> u64 {
+        if self.ratio_d != 0 && self.ratio_n % self.ratio_d == 0 {
+            ctc.wrapping_mul(u64::from(self.ratio_n / self.ratio_d))
+        } else {
+            multdiv(ctc, self.ratio_n, self.ratio_d)
+        }
+    }
+
+    /// `intel_pt_est_timestamp`: `sample` plus two cycles per instruction at the CBR.
+    pub fn estimate(&self, sample: u64, insns: u64) -> u64 {
+        let mut est = insns.wrapping_shl(1);
+        if self.cbr != 0 && self.max_non_turbo_ratio != 0 {
+            est = est.wrapping_mul(u64::from(self.max_non_turbo_ratio)) / u64::from(self.cbr);
+        }
+        sample.wrapping_add(est)
+    }
+
+    fn tsc(&mut self, payload: u64) {
+        self.have_tma = false;
+        if self.timestamp == 0 {
+            // perf resolves the first TSC against the buffer's reference time; the upper
+            // byte is zero for any TSC a recording of this century carries.
+            self.tsc_timestamp = payload;
+            self.timestamp = payload;
+        } else {
+            let mut ts = payload | (self.timestamp & (0xff << 56));
+            self.tsc_timestamp = ts;
+            if ts < self.timestamp && self.timestamp - ts < TSC_SLIP {
+                ts = self.timestamp;
+            }
+            if ts < self.timestamp {
+                // A wrap of the 56-bit TSC (perf also checks the buffer time; it has none here).
+                ts = ts.wrapping_add(1 << 56);
+                self.tsc_timestamp = ts;
+            }
+            self.timestamp = ts;
+        }
+        self.epoch += 1;
+    }
+
+    fn tma(&mut self, ctc: u32, fc: u32) {
+        if self.ratio_d == 0 {
+            return;
+        }
+        let rem_mask = (1u32 << self.mtc_shift).wrapping_sub(1);
+        let rem = ctc & rem_mask;
+        self.last_mtc = (ctc >> self.mtc_shift) & 0xff;
+        self.ctc_timestamp = self
+            .tsc_timestamp
+            .wrapping_sub(u64::from(fc))
+            .wrapping_sub(self.ctc_to_tsc(u64::from(rem)));
+        self.ctc_delta = 0;
+        self.have_tma = true;
+        self.fixup_last_mtc = true;
+    }
+
+    fn mtc(&mut self, mtc: u32) {
+        if !self.have_tma {
+            return;
+        }
+        if self.mtc_shift > 8 && self.fixup_last_mtc {
+            // TMA carries CTC[15:0] only: take the missing high MTC bits from this MTC.
+            self.fixup_last_mtc = false;
+            let first_missing = 1u32 << (16 - self.mtc_shift);
+            self.last_mtc |= mtc & !(first_missing - 1);
+            if self.last_mtc >= mtc {
+                self.last_mtc = self.last_mtc.wrapping_sub(first_missing) & 0xff;
+            }
+        }
+        let delta = if mtc > self.last_mtc {
+            mtc - self.last_mtc
+        } else {
+            mtc + 256 - self.last_mtc
+        };
+        self.ctc_delta = self
+            .ctc_delta
+            .wrapping_add(u64::from(delta) << self.mtc_shift);
+        let ts = self
+            .ctc_timestamp
+            .wrapping_add(self.ctc_to_tsc(self.ctc_delta));
+        if ts >= self.timestamp {
+            self.timestamp = ts;
+        }
+        self.epoch += 1;
+        self.last_mtc = mtc;
+    }
+
+    fn cbr_packet(&mut self, payload: u16) {
+        let cbr = u32::from(payload & 0xff);
+        if cbr == self.cbr {
+            return;
+        }
+        self.cbr = cbr;
+        self.cyc_ref_timestamp = self.timestamp;
+        self.cycle_cnt = 0;
+    }
+
+    /// CYC at the CBR-based rate (perf's calibration from MTC look-ahead is not modelled).
+    fn cyc(&mut self, cycles: u64) {
+        self.cycle_cnt = self.cycle_cnt.wrapping_add(cycles);
+        if self.cyc_ref_timestamp == 0 || self.cbr == 0 || self.max_non_turbo_ratio == 0 {
+            return;
+        }
+        // perf computes this in double precision and truncates.
+        let per_cycle = f64::from(self.max_non_turbo_ratio) / f64::from(self.cbr);
+        let ts = (self.cyc_ref_timestamp as f64 + self.cycle_cnt as f64 * per_cycle) as u64;
+        if ts >= self.timestamp {
+            self.timestamp = ts;
+        }
+        self.epoch += 1;
+    }
+
+    fn update(&mut self, packet: &Packet) {
+        match *packet {
+            Packet::Tsc { tsc } => self.tsc(tsc),
+            Packet::Tma(tma) => self.tma(u32::from(tma.ctc), u32::from(tma.fast_counter())),
+            Packet::Mtc { ctc } => self.mtc(u32::from(ctc)),
+            Packet::Cyc { cycles, .. } => self.cyc(cycles),
+            Packet::Cbr { payload } => self.cbr_packet(payload),
+            Packet::Stop => self.have_tma = false,
+            _ => {}
+        }
+    }
+}
+
 /// Time as the timing packets tell it.
 ///
 /// Keeps the last full TSC and refines it with MTC (when the TSC:CTC ratio is known) so events
-/// between TSC packets get an estimate; CYC is not used for estimates.
+/// between TSC packets get an estimate; CYC is not used for estimates. With
+/// [`EventConfig::perf`] set, time is perf's instead (see [`PerfClock`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Time {
     tsc: Option<u64>,
@@ -19,11 +226,13 @@ pub struct Time {
     mtc_shift: u32,
     ratio: Option<(u32, u32)>,
     cbr: Option<u8>,
+    perf: Option<PerfClock>,
 }
 
 impl Time {
     pub fn new(config: EventConfig) -> Self {
         Time {
+            perf: config.perf.map(|p| PerfClock::new(config, p)),
             tsc: None,
             base_tsc: 0,
             base_ctc: None,
@@ -36,7 +245,22 @@ impl Time {
 
     /// The estimated TSC now.
     pub fn tsc(&self) -> Option<u64> {
-        self.tsc
+        match &self.perf {
+            Some(clock) => (clock.timestamp != 0).then_some(clock.timestamp),
+            None => self.tsc,
+        }
+    }
+
+    /// perf's clock, when the configuration selected it.
+    pub fn perf(&self) -> Option<&PerfClock> {
+        self.perf.as_ref()
+    }
+
+    /// Timing after a (re)synchronisation: libipt starts afresh, perf carries on.
+    pub fn restart(&mut self, config: EventConfig) {
+        if self.perf.is_none() || config.perf.is_none() {
+            *self = Time::new(config);
+        }
     }
 
     /// The last core:bus ratio.
@@ -45,6 +269,9 @@ impl Time {
     }
 
     pub fn update(&mut self, packet: &Packet) {
+        if let Some(clock) = &mut self.perf {
+            clock.update(packet);
+        }
         match *packet {
             Packet::Tsc { tsc } => {
                 self.tsc = Some(tsc);
