@@ -333,6 +333,161 @@ impl TimeConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pt::packets::Tma;
+
+    /// The samples' configuration: MTCFreq 3, TSC:CTC 200/2, max non-turbo ratio 24.
+    fn perf_config() -> EventConfig {
+        EventConfig {
+            mtc_freq: 3,
+            ctc_ratio: Some((200, 2)),
+            perf: Some(PerfTiming {
+                max_non_turbo_ratio: 24,
+            }),
+        }
+    }
+
+    /// The samples' TSC to perf time.
+    const CONV: TimeConv = TimeConv {
+        shift: 31,
+        mult: 894_784_853,
+        zero: 0,
+    };
+
+    fn tma(ctc: u16, fc: u16) -> Packet {
+        Packet::Tma(Tma {
+            ctc,
+            reserved: 0,
+            fast_counter_raw: fc,
+        })
+    }
+
+    fn feed(time: &mut Time, packets: &[Packet]) {
+        for p in packets {
+            time.update(p);
+        }
+    }
+
+    #[test]
+    fn perf_mtc_is_anchored_at_tsc_minus_fast_counter() {
+        // single-thread: TSC 0x100000000, TMA CTC 0x5c28 FC 0x60, MTC 0x86; perf script
+        // times the branches after that MTC 1.789569999.
+        let mut time = Time::new(perf_config());
+        feed(
+            &mut time,
+            &[Packet::Tsc { tsc: 0x1_0000_0000 }, tma(0x5c28, 0x60)],
+        );
+        assert_eq!(time.tsc(), Some(0x1_0000_0000));
+        assert_eq!(CONV.perf_time(0x1_0000_0000), 1_789_569_706);
+        time.update(&Packet::Mtc { ctc: 0x86 });
+        assert_eq!(time.tsc(), Some(0x1_0000_0000 - 0x60 + 8 * 100));
+        assert_eq!(CONV.perf_time(time.tsc().unwrap()), 1_789_569_999);
+    }
+
+    #[test]
+    fn perf_tma_subtracts_the_ctc_remainder() {
+        // threads, CPU 0: TSC 0x100000096, TMA CTC 0x5c2a (remainder 2) FC 0x2e; perf: the
+        // trace start at 1.789569768, then 1.789569999 and 1.789570332 after MTC 0x86, 0x87.
+        let mut time = Time::new(perf_config());
+        feed(
+            &mut time,
+            &[Packet::Tsc { tsc: 0x1_0000_0096 }, tma(0x5c2a, 0x2e)],
+        );
+        assert_eq!(CONV.perf_time(time.tsc().unwrap()), 1_789_569_768);
+        let anchor = 0x1_0000_0096 - 0x2e - 2 * 100;
+        time.update(&Packet::Mtc { ctc: 0x86 });
+        assert_eq!(time.tsc(), Some(anchor + 800));
+        assert_eq!(CONV.perf_time(anchor + 800), 1_789_569_999);
+        time.update(&Packet::Mtc { ctc: 0x87 });
+        assert_eq!(CONV.perf_time(time.tsc().unwrap()), 1_789_570_332);
+    }
+
+    #[test]
+    fn perf_repeated_mtc_counts_a_full_wrap_and_time_never_goes_back() {
+        let mut time = Time::new(perf_config());
+        feed(
+            &mut time,
+            &[
+                Packet::Tsc { tsc: 0x1_0000_0000 },
+                tma(0x5c28, 0),
+                Packet::Mtc { ctc: 0x86 },
+            ],
+        );
+        let first = time.tsc().unwrap();
+        // perf: an MTC equal to the last one is 256 MTC periods later.
+        time.update(&Packet::Mtc { ctc: 0x86 });
+        assert_eq!(time.tsc(), Some(first + 256 * 8 * 100));
+        // A TSC slightly behind (within perf's 0x10000 slip) does not move time back.
+        time.update(&Packet::Tsc {
+            tsc: first + 256 * 800 - 0x100,
+        });
+        assert_eq!(time.tsc(), Some(first + 256 * 800));
+    }
+
+    #[test]
+    fn perf_mtc_needs_a_tma_after_each_tsc() {
+        let mut time = Time::new(perf_config());
+        feed(
+            &mut time,
+            &[
+                Packet::Tsc { tsc: 0x1_0000_0000 },
+                tma(0x5c28, 0x60),
+                Packet::Tsc { tsc: 0x1_0000_1000 },
+                Packet::Mtc { ctc: 0x86 },
+            ],
+        );
+        assert_eq!(time.tsc(), Some(0x1_0000_1000));
+        let epoch = time.perf().unwrap().epoch();
+        // A TSC zeroes perf's instruction count; an MTC without TMA does not.
+        time.update(&Packet::Mtc { ctc: 0x87 });
+        assert_eq!(time.perf().unwrap().epoch(), epoch);
+    }
+
+    #[test]
+    fn perf_time_survives_a_resync_libipt_time_does_not() {
+        let mut perf = Time::new(perf_config());
+        perf.update(&Packet::Tsc { tsc: 0x1_0000_0000 });
+        perf.restart(perf_config());
+        assert_eq!(perf.tsc(), Some(0x1_0000_0000));
+        let libipt = EventConfig {
+            perf: None,
+            ..perf_config()
+        };
+        let mut time = Time::new(libipt);
+        time.update(&Packet::Tsc { tsc: 0x1_0000_0000 });
+        time.restart(libipt);
+        assert_eq!(time.tsc(), None);
+    }
+
+    #[test]
+    fn perf_cyc_runs_at_the_cbr_rate_and_estimates_use_it() {
+        let mut time = Time::new(perf_config());
+        // CBR 0x20 (32) against max non-turbo 24: 0.75 TSC ticks per cycle.
+        feed(
+            &mut time,
+            &[Packet::Tsc { tsc: 1_000 }, Packet::Cbr { payload: 0x20 }],
+        );
+        time.update(&Packet::Cyc {
+            cycles: 100,
+            size: 2,
+        });
+        assert_eq!(time.tsc(), Some(1_075));
+        // intel_pt_est_timestamp: 2 cycles per instruction, 10 instructions.
+        assert_eq!(time.perf().unwrap().estimate(1_000, 10), 1_015);
+    }
+
+    #[test]
+    fn perf_mtc_fixup_takes_missing_high_bits_from_the_mtc() {
+        // MTCFreq 10: TMA's CTC[15:0] gives only MTC bits 5:0.
+        let config = EventConfig {
+            mtc_freq: 10,
+            ..perf_config()
+        };
+        let mut time = Time::new(config);
+        feed(&mut time, &[Packet::Tsc { tsc: 1 << 40 }, tma(0x0400, 0)]);
+        // last_mtc 0x01 becomes 0x41 from MTC 0x42: one period later.
+        time.update(&Packet::Mtc { ctc: 0x42 });
+        assert_eq!(time.tsc(), Some((1 << 40) + (1 << 10) * 100));
+    }
 
     #[test]
     fn perf_time_matches_the_unsplit_formula() {
