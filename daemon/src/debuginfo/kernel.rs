@@ -27,6 +27,9 @@ pub struct Kallsyms {
     symbols: Vec<KernelSymbol>,
     /// Whether every address was zero (`kptr_restrict` hides them from unprivileged readers).
     zeroed: bool,
+    /// perf's relocation reference symbols (`_text`, `_stext`), kept apart because another
+    /// symbol at the same address may be the one kept in `symbols`.
+    refs: Vec<(String, u64)>,
 }
 
 /// A kallsyms function symbol.
@@ -49,6 +52,7 @@ impl Kallsyms {
     /// `kallsyms__parse` skips them: a damaged copy loses those symbols, not the rest.
     pub fn parse(text: &str) -> Kallsyms {
         let mut symbols = Vec::new();
+        let mut refs = Vec::new();
         let mut any = false;
         let mut all_zero = true;
         for line in text.lines() {
@@ -66,6 +70,9 @@ impl Kallsyms {
             };
             any = true;
             all_zero &= address == 0;
+            if matches!(name, "_text" | "_stext") {
+                refs.push((name.to_owned(), address));
+            }
             // perf keeps text symbols (`t`/`T`, and `w`/`W` weak ones) as functions.
             if !matches!(kind.to_ascii_lowercase(), 't' | 'w') {
                 continue;
@@ -98,6 +105,7 @@ impl Kallsyms {
         Kallsyms {
             symbols,
             zeroed: any && all_zero,
+            refs,
         }
     }
 
@@ -113,12 +121,16 @@ impl Kallsyms {
     }
 
     /// The address of the first symbol named `name`, as perf looks up `_text` (its
-    /// `ref_reloc_sym`). Searches every text symbol, not only functions of the image.
+    /// `ref_reloc_sym`).
     pub fn address_of(&self, name: &str) -> Option<u64> {
-        self.symbols
-            .iter()
-            .find(|s| s.symbol.name == name && !self.zeroed)
-            .map(|s| s.symbol.address)
+        if self.zeroed {
+            return None;
+        }
+        let reference = self.refs.iter().find(|(n, _)| n == name).map(|r| r.1);
+        reference.or_else(|| {
+            let s = self.symbols.iter().find(|s| s.symbol.name == name)?;
+            Some(s.symbol.address)
+        })
     }
 
     /// The symbol holding run-time address `addr` and the offset into it.
