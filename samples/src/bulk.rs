@@ -841,14 +841,8 @@ fn perf_script_lines(
 ) -> Result<(), crate::check::CheckError> {
     use crate::check::CheckError;
     use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("perf")
-        .arg("--buildid-dir")
-        .arg(dir)
-        .arg("script")
-        .arg("-i")
-        .arg(dir.join(PERF_DATA))
-        .args(args)
+    use std::process::Stdio;
+    let mut child = crate::check::perf_script_command(dir, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -865,13 +859,7 @@ fn perf_script_lines(
         }
     }
     let out = child.wait_with_output().map_err(CheckError::Spawn)?;
-    if !out.status.success() {
-        return Err(CheckError::Perf {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(())
+    crate::check::perf_succeeded(&out)
 }
 
 /// Decodes the bulk recording in `dir` with perf and compares it with `expected-counts.bin`: the

@@ -2,7 +2,7 @@
 //! its instruction flow with the ground truth.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::recording::{EXPECTED_ERRORS, GROUND_TRUTH, PERF_DATA};
 
@@ -31,23 +31,36 @@ pub fn perf_available() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `perf --buildid-dir DIR script -i DIR/perf.data ARGS` and returns its standard output.
-pub fn perf_script(dir: &Path, args: &[&str]) -> Result<String, CheckError> {
-    let out = Command::new("perf")
+/// `perf --buildid-dir DIR script -i DIR/perf.data ARGS`.
+pub(crate) fn perf_script_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("perf");
+    command
         .arg("--buildid-dir")
         .arg(dir)
         .arg("script")
         .arg("-i")
         .arg(dir.join(PERF_DATA))
-        .args(args)
-        .output()
-        .map_err(CheckError::Spawn)?;
+        .args(args);
+    command
+}
+
+/// An error, with perf's standard error, unless perf succeeded.
+pub(crate) fn perf_succeeded(out: &Output) -> Result<(), CheckError> {
     if !out.status.success() {
         return Err(CheckError::Perf {
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
+    Ok(())
+}
+
+/// Runs `perf --buildid-dir DIR script -i DIR/perf.data ARGS` and returns its standard output.
+pub fn perf_script(dir: &Path, args: &[&str]) -> Result<String, CheckError> {
+    let out = perf_script_command(dir, args)
+        .output()
+        .map_err(CheckError::Spawn)?;
+    perf_succeeded(&out)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
