@@ -13,9 +13,16 @@
 //!   offsets (data size, feature sections) moved so the file is otherwise well formed.
 //! - `cut`: the file cut in the middle of the last payload (as a full disk leaves it).
 //!
-//! Where perf runs, it decodes the same damaged copies: on `bad` damage both report the bad
-//! packet and resync at the next PSB, so the streams are compared event for event on samples
-//! whose undamaged streams agree (see `branches_perf.rs` for `threads`).
+//! Where perf runs, it decodes the same damaged copies (seed 0 of each kind), and what is
+//! asserted is what holds today: the two agree event for event up to the first error, and the
+//! first error is at the same event and IP. After it they differ, which is printed, not
+//! asserted:
+//! - on a bad packet perf reports code 3 ("Bad packet") where ptlens reports code 5 ("Failed
+//!   to get instruction") at the same IP — a difference in ptlens's error classification;
+//! - perf then resumes at the next FUP/TIP its packet decoder finds after resyncing (and may
+//!   report code 6 and a `tr strt` to a stale IP), while ptlens resumes at the next PSB.
+//! On a cut file `perf script` dies of SIGBUS (see ARCHITECTURE.md); ptlens refuses the file
+//! with one error naming it and the record's offset.
 
 #[path = "perf_support.rs"]
 mod perf_support;
@@ -210,14 +217,17 @@ fn ptlens(args: &[&str], file: &Path, buildid_dir: &Path) -> std::process::Child
         .expect("run ptlens")
 }
 
-/// Runs both commands on `file` (side by side, to keep the test short): no panic, and either
+/// Runs `branches` and, with `with_lines`, `lines` on `file` (side by side): no panic, and either
 /// success or an error line naming the file and an offset. Returns the branch events when
 /// `branches` succeeded.
-fn run_clean(file: &Path, buildid_dir: &Path) -> Option<Vec<Event>> {
-    let commands = [
+fn run_clean(file: &Path, buildid_dir: &Path, with_lines: bool) -> Option<Vec<Event>> {
+    let all = [
         &["branches", "--format", "jsonl"][..],
         &["lines", "--format", "json"][..],
     ];
+    // `lines` reads the DWARF, a second or two per run in a debug build: it runs on one copy
+    // of each kind of damage, which keeps the test near its 20 s budget.
+    let commands = &all[..if with_lines { 2 } else { 1 }];
     let children: Vec<_> = commands
         .iter()
         .map(|args| ptlens(args, file, buildid_dir))
@@ -392,7 +402,8 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
         let aux = aux_records(&original);
         assert!(!aux.is_empty(), "{name} has trace");
         let reference = Reference {
-            events: run_clean(&dir.join("perf.data"), &buildid_dir).expect("undamaged decodes"),
+            events: run_clean(&dir.join("perf.data"), &buildid_dir, false)
+                .expect("undamaged decodes"),
         };
         // perf and ptlens agree on the undamaged stream of this sample (branches_perf.rs).
         let perf_agrees = perf
@@ -418,7 +429,8 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             data[a.payload + at + 1] = 0xff;
             let what = format!("{name}: bad packet at payload offset {at} (seed {seed})");
             let file = write_copy(tmp.path(), &format!("{name}-bad{seed}"), &data);
-            let events = run_clean(&file, &buildid_dir).unwrap_or_else(|| panic!("{what}: failed"));
+            let events = run_clean(&file, &buildid_dir, seed == 0)
+                .unwrap_or_else(|| panic!("{what}: failed"));
             assert!(
                 events.iter().any(Event::is_error),
                 "{what}: no error reported"
@@ -464,7 +476,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             }
             let what = format!("{name}: flipped bits (seed {seed})");
             let file = write_copy(tmp.path(), &format!("{name}-flip{seed}"), &data);
-            if let Some(events) = run_clean(&file, &buildid_dir) {
+            if let Some(events) = run_clean(&file, &buildid_dir, false) {
                 let first_error = events.iter().position(Event::is_error);
                 if let (Some(e), true) = (first_error, perf && seed == 0) {
                     // Reported only: after a mismatch perf resumes at the next TIP/FUP (its
@@ -493,7 +505,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             remove_in_data(&mut data, last.payload + keep, last.size - keep);
             let what = format!("{name}: last payload cut to {keep} bytes");
             let file = write_copy(tmp.path(), &format!("{name}-short"), &data);
-            let events = run_clean(&file, &buildid_dir).unwrap_or_else(|| panic!("{what}"));
+            let events = run_clean(&file, &buildid_dir, true).unwrap_or_else(|| panic!("{what}"));
             reference.check_prefix_per_thread(&events, &what);
             assert!(
                 events.len() < reference.events.len(),
@@ -507,6 +519,6 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
         // no perf stream to compare with.
         let data = &original[..last.payload + last.size / 2];
         let file = write_copy(tmp.path(), &format!("{name}-cut"), data);
-        run_clean(&file, &buildid_dir);
+        run_clean(&file, &buildid_dir, true);
     }
 }
