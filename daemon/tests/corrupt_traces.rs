@@ -21,6 +21,7 @@
 //!   to get instruction") at the same IP — a difference in ptlens's error classification;
 //! - perf then resumes at the next FUP/TIP its packet decoder finds after resyncing (and may
 //!   report code 6 and a `tr strt` to a stale IP), while ptlens resumes at the next PSB.
+//!
 //! On a cut file `perf script` dies of SIGBUS (see ARCHITECTURE.md); ptlens refuses the file
 //! with one error naming it and the record's offset.
 
