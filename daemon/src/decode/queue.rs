@@ -35,6 +35,9 @@ pub(crate) struct State {
     /// perf's `state->est_timestamp`: `tsc` plus an estimate for the instructions run since
     /// the last timing packet (perf uses it for errors and for returns to user space).
     pub est: u64,
+    /// The PSB segment (its PSB's trace offset) the state was decided in, see
+    /// [`QueueDecoder::segment`].
+    pub segment: Option<usize>,
 }
 
 /// A branch ending a block, held until the next item tells whether tracing stopped at it.
@@ -44,6 +47,7 @@ struct Pending {
     to: u64,
     flags: u32,
     tsc: u64,
+    segment: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,14 +78,15 @@ pub(crate) fn insn_flags(kind: InsnBranch) -> u32 {
 /// perf's error code for a flow error.
 fn perf_code(kind: ErrorKind) -> u32 {
     match kind {
-        ErrorKind::Nomap | ErrorKind::BadInsn | ErrorKind::BadOpc => error_code::NOINSN,
+        ErrorKind::Nomap | ErrorKind::BadInsn => error_code::NOINSN,
         ErrorKind::BadQuery
         | ErrorKind::RetstackEmpty
         | ErrorKind::BadRetcomp
         | ErrorKind::NoEnable
         | ErrorKind::BadContext
         | ErrorKind::BadStatusUpdate => error_code::MISMAT,
-        ErrorKind::BadPacket => error_code::BADPKT,
+        // An unknown packet opcode is libipt's `bad_opc`; perf calls every undecodable packet "Bad packet".
+        ErrorKind::BadPacket | ErrorKind::BadOpc => error_code::BADPKT,
         ErrorKind::NoProgress => error_code::NELOOP,
         ErrorKind::Nomem => error_code::NOMEM,
         ErrorKind::Eos | ErrorKind::Nosync => error_code::NODATA,
@@ -94,6 +99,7 @@ fn perf_code(kind: ErrorKind) -> u32 {
 
 /// The decoder of one queue's trace, producing perf's states one at a time.
 pub(crate) struct QueueDecoder<'a> {
+    trace: &'a [u8],
     decoder: BlockDecoder<'a>,
     phase: Phase,
     ready: VecDeque<State>,
@@ -104,14 +110,26 @@ pub(crate) struct QueueDecoder<'a> {
     /// epoch `insn_epoch` began.
     insns: u64,
     insn_epoch: u64,
+    /// The PSB segment the flow is in: set when the flow consumes a PSB+ (not when the
+    /// packet layer reads it ahead), so blocks walked up to a PSB+ belong to the segment
+    /// before it, as a decode of that segment alone walks them.
+    segment: Option<usize>,
+    /// Decoding one segment alone: stop once its states are all out.
+    only: Option<usize>,
 }
 
 impl<'a> QueueDecoder<'a> {
+    /// The trace being decoded.
+    pub fn trace(&self) -> &'a [u8] {
+        self.trace
+    }
+
     pub fn new(trace: &'a [u8], image: &'a dyn Image, mut config: BlockConfig) -> Self {
         // perf reports every taken branch, direct ones included: one branch per block.
         config.end_on_call = true;
         config.end_on_jump = true;
         QueueDecoder {
+            trace,
             decoder: BlockDecoder::new(trace, image, config),
             phase: Phase::NeedSync,
             ready: VecDeque::new(),
@@ -120,6 +138,44 @@ impl<'a> QueueDecoder<'a> {
             last_sync: None,
             insns: 0,
             insn_epoch: 0,
+            segment: None,
+            only: None,
+        }
+    }
+
+    /// Decodes only the PSB segment at `psb`: [`Self::next_state`] hands out its states and
+    /// stops once the flow has moved past it.
+    pub fn only_segment(&mut self, psb: usize) {
+        self.only = Some(psb);
+        match self.decoder.sync_set(psb) {
+            Ok(status) => {
+                self.last_sync = Some(psb);
+                self.segment = Some(psb);
+                self.phase = Phase::Running(status);
+            }
+            Err(kind) => {
+                self.segment = Some(psb);
+                self.push_error(kind, perf_code(kind), 0);
+                self.phase = Phase::Done;
+            }
+        }
+    }
+
+    /// The PSB segment (its PSB's trace offset) the flow is in.
+    pub fn segment(&self) -> Option<usize> {
+        self.segment
+    }
+
+    /// With [`Self::only_segment`]: whether the flow has left the segment and no state of
+    /// it is held back.
+    fn left_segment(&self) -> bool {
+        match self.only {
+            None => false,
+            Some(psb) => {
+                self.segment != Some(psb)
+                    && self.pending.is_none_or(|p| p.segment != Some(psb))
+                    && self.ready.iter().all(|s| s.segment != Some(psb))
+            }
         }
     }
 
@@ -128,13 +184,14 @@ impl<'a> QueueDecoder<'a> {
         self.decoder.set_space(space);
     }
 
-    /// The next state; `None` at the end of the trace. `on_block` sees every block decoded.
-    pub fn next_state(&mut self, on_block: &mut dyn FnMut(&Block)) -> Option<State> {
+    /// The next state; `None` at the end of the trace. `on_block` sees every block decoded,
+    /// with its segment.
+    pub fn next_state(&mut self, on_block: &mut dyn FnMut(&Block, Option<usize>)) -> Option<State> {
         loop {
             if let Some(state) = self.ready.pop_front() {
                 return Some(state);
             }
-            if matches!(self.phase, Phase::Done) {
+            if matches!(self.phase, Phase::Done) || self.left_segment() {
                 return None;
             }
             self.step(on_block);
@@ -175,13 +232,22 @@ impl<'a> QueueDecoder<'a> {
             },
             tsc,
             est,
+            segment: self.segment,
         });
+    }
+
+    /// As [`Self::push_branch`], for a branch of an earlier block's segment.
+    fn push_branch_in(&mut self, segment: Option<usize>, from: u64, to: u64, flags: u32, tsc: u64) {
+        self.push_branch(from, to, flags, tsc);
+        if let Some(state) = self.ready.back_mut() {
+            state.segment = segment;
+        }
     }
 
     /// Emits the held branch as it is (tracing went on after it).
     fn flush_pending(&mut self) {
         if let Some(p) = self.pending.take() {
-            self.push_branch(p.from, p.to, p.flags, p.tsc);
+            self.push_branch_in(p.segment, p.from, p.to, p.flags, p.tsc);
         }
     }
 
@@ -207,15 +273,17 @@ impl<'a> QueueDecoder<'a> {
             },
             tsc,
             est,
+            segment: self.segment,
         });
     }
 
-    fn step(&mut self, on_block: &mut dyn FnMut(&Block)) {
+    fn step(&mut self, on_block: &mut dyn FnMut(&Block, Option<usize>)) {
         match self.phase {
             Phase::Done => {}
             Phase::NeedSync => match self.decoder.sync_forward() {
                 Ok(status) => {
                     self.last_sync = self.decoder.sync_offset();
+                    self.segment = self.last_sync;
                     self.phase = Phase::Running(status);
                 }
                 Err(ErrorKind::Eos) => self.finish(),
@@ -250,7 +318,7 @@ impl<'a> QueueDecoder<'a> {
                 self.block = block;
                 self.insns_since_timing();
                 self.insns += u64::from(block.ninsn);
-                on_block(&block);
+                on_block(&block, self.segment);
                 match result {
                     Ok(next) => {
                         self.on_block(&block, true);
@@ -317,12 +385,15 @@ impl<'a> QueueDecoder<'a> {
             flags,
             // perf samples a branch at the time of the packet that decided it.
             tsc: block.tsc.unwrap_or(0),
+            segment: self.segment,
         });
     }
 
     fn on_event(&mut self, event: &Event, ip_before: u64) {
         use BranchFlags as F;
         if event.status_update {
+            // A PSB+ the flow consumed: the next segment starts.
+            self.segment = self.decoder.sync_offset();
             return;
         }
         let tsc = event.tsc.unwrap_or_else(|| self.tsc());
@@ -333,7 +404,7 @@ impl<'a> QueueDecoder<'a> {
             }
             // perf's trace end is sampled at the TIP.PGD.
             EventKind::Disabled { .. } => match self.pending.take() {
-                Some(p) => self.push_branch(p.from, 0, p.flags | F::TRACE_END, tsc),
+                Some(p) => self.push_branch_in(p.segment, p.from, 0, p.flags | F::TRACE_END, tsc),
                 None => self.push_branch(ip_before, 0, F::BRANCH | F::TRACE_END, tsc),
             },
             EventKind::AsyncDisabled { at, .. } => {
