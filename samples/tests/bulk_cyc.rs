@@ -6,37 +6,11 @@
 //! skip a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ptlens_synth::{bulk, check, elf, encode, recording};
+use support::{scratch, tools_or_skip};
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Whether perf is here; panics instead of skipping when PTLENS_REQUIRE_PERF=1.
-fn perf_or_skip(test: &str) -> bool {
-    if have("perf") {
-        return true;
-    }
-    let reason = format!("{test}: skipped: perf not on PATH");
-    if std::env::var("PTLENS_REQUIRE_PERF").as_deref() == Ok("1") {
-        panic!("{reason} (PTLENS_REQUIRE_PERF=1)");
-    }
-    eprintln!("{reason}");
-    false
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ptlens-synth-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod support;
 
 /// The binary the bulk tests walk: perf's own (a 9 MB ELF on every machine that runs these tests,
 /// since `.ci/run` installs linux-perf), else the C library.
@@ -80,7 +54,7 @@ fn assert_monotonic_and_fine(times: &[f64], at_least_distinct: usize) {
 
 #[test]
 fn bulk_walk_decodes_to_its_expected_counts() {
-    if !perf_or_skip("bulk_walk_decodes_to_its_expected_counts") {
+    if !tools_or_skip("bulk_walk_decodes_to_its_expected_counts", &["perf"]) {
         return;
     }
     let dir = scratch("bulk");
@@ -123,7 +97,10 @@ fn bulk_walk_decodes_to_its_expected_counts() {
 
 #[test]
 fn bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts() {
-    if !perf_or_skip("bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts") {
+    if !tools_or_skip(
+        "bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts",
+        &["perf"],
+    ) {
         return;
     }
     let ld_so = Path::new("/lib64/ld-linux-x86-64.so.2");
@@ -147,7 +124,7 @@ fn bulk_walk_over_the_dynamic_loader_decodes_to_its_expected_counts() {
 
 #[test]
 fn bulk_walk_with_a_wrong_count_is_caught() {
-    if !perf_or_skip("bulk_walk_with_a_wrong_count_is_caught") {
+    if !tools_or_skip("bulk_walk_with_a_wrong_count_is_caught", &["perf"]) {
         return;
     }
     let dir = scratch("bulk-wrong");
@@ -168,7 +145,10 @@ fn bulk_walk_with_a_wrong_count_is_caught() {
 
 #[test]
 fn bulk_walk_in_cycle_accurate_mode_decodes_with_fine_monotonic_times() {
-    if !perf_or_skip("bulk_walk_in_cycle_accurate_mode_decodes_with_fine_monotonic_times") {
+    if !tools_or_skip(
+        "bulk_walk_in_cycle_accurate_mode_decodes_with_fine_monotonic_times",
+        &["perf"],
+    ) {
         return;
     }
     let dir = scratch("bulk-cyc");
@@ -187,7 +167,10 @@ fn bulk_walk_in_cycle_accurate_mode_decodes_with_fine_monotonic_times() {
 
 #[test]
 fn cycle_accurate_recording_decodes_exactly_with_fine_monotonic_times() {
-    if !perf_or_skip("cycle_accurate_recording_decodes_exactly_with_fine_monotonic_times") {
+    if !tools_or_skip(
+        "cycle_accurate_recording_decodes_exactly_with_fine_monotonic_times",
+        &["perf"],
+    ) {
         return;
     }
     let dir = scratch("cyc");
