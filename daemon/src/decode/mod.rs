@@ -13,4 +13,6 @@ mod queue;
 pub use event::{error_code, BranchEvent, BranchFlags, BranchKind, Origin, TraceError};
 pub use image::RecordingImage;
 pub use kernel::{is_kernel_map, vmlinux_address, KernelCode, KERNEL_NAME};
-pub use pipeline::{decode, BlockRun, DecodeError, DecodeOptions, DecodeStats, Sink};
+pub use pipeline::{
+    decode, decode_segments, BlockRun, DecodeError, DecodeOptions, DecodeStats, SegmentRef, Sink,
+};

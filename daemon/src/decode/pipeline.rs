@@ -39,6 +39,24 @@ pub struct BlockRun<'b> {
     pub block: &'b Block,
     /// The code image the block was decoded over ([`RecordingImage::map_for`] names its code).
     pub image: &'b RecordingImage<'b>,
+    /// The PSB segment the block belongs to: the trace offset (in the queue's stream) of its
+    /// PSB, and where the segment ends (the next PSB, or the stream's end).
+    pub segment: Option<(u64, u64)>,
+    /// Perf time of the block's last timing packet ([`Block::tsc`]); `None` when timeless.
+    pub time: Option<u64>,
+    /// The queue's time (TSC) before the segment's first state: what a decode of the segment
+    /// alone starts its clock from ([`decode_segments`]).
+    pub queue_tsc: u64,
+}
+
+/// A PSB segment to decode again with [`decode_segments`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentRef {
+    pub queue: u32,
+    /// Trace offset of the segment's PSB in the queue's stream.
+    pub offset: u64,
+    /// The queue's time (TSC) before the segment's first state ([`BlockRun::queue_tsc`]).
+    pub queue_tsc: u64,
 }
 
 /// Receives the decoded stream.
@@ -82,6 +100,8 @@ struct Queue<'a> {
     decoder: QueueDecoder<'a>,
     /// `ptq->timestamp`, in TSC.
     timestamp: u64,
+    /// The segment decoded last, `timestamp` before its first state, and its end.
+    segment_tsc: (Option<usize>, u64, u64),
     /// The state decoded last, whose sample is synthesised when the queue resumes.
     pending: Option<State>,
 }
@@ -163,6 +183,45 @@ pub fn decode(
     sink: &mut dyn Sink,
 ) -> Result<DecodeStats, DecodeError> {
     let pt = model.pt.as_ref().ok_or(DecodeError::NoIntelPt)?;
+    let Prepared {
+        times,
+        image,
+        traces,
+        config,
+    } = prepare(recording, model, binaries)?;
+    let total: u64 = traces.iter().map(|t| t.3.len() as u64).sum();
+    let image_ref: &dyn crate::pt::flow::Image = &image;
+    let mut queues: Vec<Queue<'_>> = traces
+        .iter()
+        .map(|(idx, tid, cpu, bytes)| Queue {
+            idx: *idx,
+            tid: *tid,
+            cpu: *cpu,
+            decoder: QueueDecoder::new(bytes, image_ref, config),
+            timestamp: 0,
+            segment_tsc: (None, 0, 0),
+            pending: None,
+        })
+        .collect();
+    decode_prepared(model, pt, &times, &image, &mut queues, total, options, sink)
+}
+
+/// What [`decode`] and [`decode_segments`] need from a recording before decoding.
+struct Prepared<'m> {
+    /// Perf times of the sideband records.
+    times: Vec<u64>,
+    image: RecordingImage<'m>,
+    /// Per AUX queue: index, tid, cpu, its buffers joined.
+    traces: Vec<(u32, i32, i32, Vec<u8>)>,
+    config: BlockConfig,
+}
+
+fn prepare<'m>(
+    recording: &Recording<'_>,
+    model: &'m Model,
+    binaries: &'m BinaryCache,
+) -> Result<Prepared<'m>, DecodeError> {
+    let pt = model.pt.as_ref().ok_or(DecodeError::NoIntelPt)?;
     let aux = recording.aux_queues()?;
 
     // Sideband times, and the records that can change an address space.
@@ -207,8 +266,6 @@ pub fn decode(
             (q.idx, tid, cpu, bytes)
         })
         .collect();
-    let total: u64 = traces.iter().map(|t| t.3.len() as u64).sum();
-
     let config = BlockConfig {
         events: EventConfig {
             mtc_freq: u8::try_from(pt.mtc_period()).unwrap_or(0),
@@ -225,22 +282,28 @@ pub fn decode(
         },
         ..BlockConfig::default()
     };
-    let image_ref: &dyn crate::pt::flow::Image = &image;
-    let mut queues: Vec<Queue<'_>> = traces
-        .iter()
-        .map(|(idx, tid, cpu, bytes)| Queue {
-            idx: *idx,
-            tid: *tid,
-            cpu: *cpu,
-            decoder: QueueDecoder::new(bytes, image_ref, config),
-            timestamp: 0,
-            pending: None,
-        })
-        .collect();
+    Ok(Prepared {
+        times,
+        image,
+        traces,
+        config,
+    })
+}
 
+#[allow(clippy::too_many_arguments)]
+fn decode_prepared(
+    model: &Model,
+    pt: &crate::sideband::PtConfig,
+    times: &[u64],
+    image: &RecordingImage<'_>,
+    queues: &mut [Queue<'_>],
+    total: u64,
+    options: &DecodeOptions,
+    sink: &mut dyn Sink,
+) -> Result<DecodeStats, DecodeError> {
     let mut run = Runner {
         model,
-        image: &image,
+        image,
         timeless: pt.timeless_decoding(),
         applied: None,
         heap: AuxHeap::default(),
@@ -257,13 +320,13 @@ pub fn decode(
     if run.timeless {
         // perf decodes each queue whole, with every sideband record applied.
         run.applied = times.last().copied();
-        for q in &mut queues {
+        for q in queues.iter_mut() {
             run.run_queue(q, u64::MAX);
             run.flush(q);
         }
     } else {
         let mut set_up = false;
-        for &time in &times {
+        for &time in times {
             if !set_up {
                 for (i, q) in queues.iter_mut().enumerate() {
                     run.setup(i, q);
@@ -271,7 +334,7 @@ pub fn decode(
                 set_up = true;
             }
             let tsc = model.perf_to_tsc(time);
-            run.process_queues(&mut queues, tsc);
+            run.process_queues(queues, tsc);
             run.applied = Some(time);
         }
         if !set_up {
@@ -279,8 +342,8 @@ pub fn decode(
                 run.setup(i, q);
             }
         }
-        run.process_queues(&mut queues, u64::MAX);
-        for q in &mut queues {
+        run.process_queues(queues, u64::MAX);
+        for q in queues.iter_mut() {
             run.flush(q);
         }
     }
@@ -377,7 +440,7 @@ impl Runner<'_> {
     fn setup(&mut self, index: usize, q: &mut Queue<'_>) {
         let origin = self.origin(q);
         q.decoder.set_space(self.space(&origin));
-        let mut blocks = |_: &Block| {};
+        let mut blocks = |_: &Block, _: Option<usize>| {};
         loop {
             match q.decoder.next_state(&mut blocks) {
                 None => return,
@@ -455,13 +518,27 @@ impl Runner<'_> {
             }
             let (queue, stats, image) = (q.idx, &mut self.stats, self.image);
             let sink = &mut *self.sink;
-            let mut on_block = |block: &Block| {
+            let (model, timeless) = (self.model, self.timeless);
+            let trace = q.decoder.trace();
+            let seg = &mut q.segment_tsc;
+            let timestamp = q.timestamp;
+            let mut on_block = |block: &Block, segment: Option<usize>| {
                 stats.instructions += u64::from(block.ninsn);
+                if seg.0 != segment {
+                    let end = segment.map_or(0, |psb| segment_end(trace, psb));
+                    *seg = (segment, timestamp, end);
+                }
                 sink.block(&BlockRun {
                     queue,
                     origin,
                     block,
                     image,
+                    segment: segment.map(|psb| (psb as u64, seg.2)),
+                    time: block
+                        .tsc
+                        .filter(|_| !timeless)
+                        .map(|tsc| model.tsc_to_perf(tsc)),
+                    queue_tsc: seg.1,
                 });
             };
             let state = q.decoder.next_state(&mut on_block)?;
@@ -491,4 +568,123 @@ impl Runner<'_> {
             self.deliver(q, &origin, state);
         }
     }
+}
+
+/// Where the PSB segment at `psb` ends: the next PSB, or the trace's end.
+fn segment_end(trace: &[u8], psb: usize) -> u64 {
+    crate::pt::packets::next_psb(trace, psb.saturating_add(1)).unwrap_or(trace.len()) as u64
+}
+
+/// Decodes again only the PSB segments `segments` of `recording` (as [`crate::index::Index`]
+/// names them) and hands their branch events to `sink`, with the threads, CPUs and times a
+/// full [`decode`] gives them: each segment alone from its PSB, its states only, timed from
+/// the queue's time before it and attributed as perf's schedule would (to the sideband as of
+/// the last record at or before the state's time).
+pub fn decode_segments(
+    recording: &Recording<'_>,
+    model: &Model,
+    binaries: &BinaryCache,
+    _options: &DecodeOptions,
+    segments: &mut dyn Iterator<Item = SegmentRef>,
+    sink: &mut dyn Sink,
+) -> Result<DecodeStats, DecodeError> {
+    let pt = model.pt.as_ref().ok_or(DecodeError::NoIntelPt)?;
+    let Prepared {
+        times,
+        image,
+        traces,
+        config,
+    } = prepare(recording, model, binaries)?;
+    let image_ref: &dyn crate::pt::flow::Image = &image;
+    let mut run = Runner {
+        model,
+        image: &image,
+        timeless: pt.timeless_decoding(),
+        applied: None,
+        heap: AuxHeap::default(),
+        sink,
+        stats: DecodeStats {
+            queues: traces.len(),
+            ..DecodeStats::default()
+        },
+    };
+    // perf's order within a queue is trace order.
+    let mut wanted: Vec<SegmentRef> = segments.collect();
+    wanted.sort_unstable();
+    wanted.dedup_by_key(|s| (s.queue, s.offset));
+    // Sideband times as TSC, to find the record applied when a state is delivered.
+    let tscs: Vec<u64> = times.iter().map(|&t| model.perf_to_tsc(t)).collect();
+    for seg in wanted {
+        let Some((idx, tid, cpu, bytes)) = traces.iter().find(|t| t.0 == seg.queue) else {
+            continue;
+        };
+        let Ok(psb) = usize::try_from(seg.offset) else {
+            continue;
+        };
+        run.stats.trace_bytes += segment_end(bytes, psb).saturating_sub(seg.offset);
+        let mut q = Queue {
+            idx: *idx,
+            tid: *tid,
+            cpu: *cpu,
+            decoder: QueueDecoder::new(bytes, image_ref, config),
+            timestamp: seg.queue_tsc,
+            segment_tsc: (None, 0, 0),
+            pending: None,
+        };
+        q.decoder.only_segment(psb);
+        // perf's setup drops what comes before the queue's first timestamp.
+        let mut started = seg.queue_tsc != 0;
+        loop {
+            run.applied = if run.timeless {
+                times.last().copied()
+            } else {
+                let n = tscs.partition_point(|&t| t <= q.timestamp);
+                n.checked_sub(1).map(|i| times[i])
+            };
+            let origin = run.origin(&q);
+            q.decoder.set_space(run.space(&origin));
+            let stats = &mut run.stats;
+            let mut on_block = |block: &Block, _: Option<usize>| {
+                stats.instructions += u64::from(block.ninsn);
+            };
+            let Some(state) = q.decoder.next_state(&mut on_block) else {
+                break;
+            };
+            let is_error = matches!(state.kind, StateKind::Error { .. });
+            if !started {
+                if is_error || state.tsc == 0 {
+                    continue;
+                }
+                started = true;
+            }
+            let mine = state.segment == Some(psb);
+            if is_error {
+                q.timestamp = state.est;
+                if mine {
+                    run.deliver(&q, &origin, state);
+                }
+                continue;
+            }
+            if !run.timeless && returns_to_user(&state.kind) {
+                q.timestamp = state.est;
+            } else if state.tsc > q.timestamp {
+                q.timestamp = state.tsc;
+            }
+            if !mine {
+                continue;
+            }
+            // Delivered with the thread of the sideband as of the state's time.
+            run.applied = if run.timeless {
+                times.last().copied()
+            } else {
+                let n = tscs.partition_point(|&t| t <= q.timestamp);
+                n.checked_sub(1).map(|i| times[i])
+            };
+            let origin = run.origin(&q);
+            run.deliver(&q, &origin, state);
+        }
+    }
+    let mut stats = run.stats;
+    stats.missing_binaries = image.missing();
+    Ok(stats)
 }

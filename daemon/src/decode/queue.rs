@@ -161,11 +161,6 @@ impl<'a> QueueDecoder<'a> {
         }
     }
 
-    /// The PSB segment (its PSB's trace offset) the flow is in.
-    pub fn segment(&self) -> Option<usize> {
-        self.segment
-    }
-
     /// With [`Self::only_segment`]: whether the flow has left the segment and no state of
     /// it is held back.
     fn left_segment(&self) -> bool {

@@ -1,6 +1,6 @@
 //! [`IndexBuilder`]: the [`Sink`] that counts a decode into an [`Index`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::debuginfo::BuildId;
 use crate::decode::{
@@ -9,11 +9,16 @@ use crate::decode::{
 use crate::pt::flow::insn::{classify, MAX_INSN_LEN};
 use crate::pt::flow::{BranchKind, Context, ExecMode, Image};
 
-use super::{BinaryId, BinaryKey, CodeAddr, Counts, Index, InsnShape, Target, PAGE};
+use super::{
+    merge_ranges, BinaryId, BinaryKey, CodeAddr, Counts, Index, InsnShape, Segment, Target, PAGE,
+};
 
 /// Which queue an event belongs to, as far as its origin tells: its CPU, or its thread when
 /// the recording is per thread (events do not carry the queue).
 type QueueKey = (i32, i32);
+
+/// Code a segment ran: binary, file offsets start..end.
+type CodeRange = (BinaryKey, u64, u64);
 
 /// A block as counted: start, mode, instructions known, thread (pid, tid), AUX queue.
 type BlockKey = (CodeAddr, ExecMode, u32, (i32, i32), u32);
@@ -49,6 +54,8 @@ pub struct IndexBuilder {
     /// The same for all queues, when an event's origin names no queue seen.
     recent_any: HashMap<u64, Option<CodeAddr>>,
     queue_of: HashMap<QueueKey, u32>,
+    /// Per (queue, PSB offset): the segment so far and the code ranges its blocks ran.
+    segments: HashMap<(u32, u64), (Segment, HashSet<CodeRange>)>,
 }
 
 /// Adds `times` executions of the instructions `insns` (offsets relative to `start`).
@@ -105,6 +112,25 @@ impl IndexBuilder {
 
     /// The counts so far.
     pub fn finish(mut self) -> Index {
+        let mut segments: Vec<Segment> = std::mem::take(&mut self.segments)
+            .into_values()
+            .map(|(mut segment, code)| {
+                for (binary, start, end) in code {
+                    segment.code.entry(binary).or_default().push((start, end));
+                }
+                for ranges in segment.code.values_mut() {
+                    merge_ranges(ranges);
+                }
+                segment
+            })
+            .collect();
+        segments.sort_unstable_by_key(|s| (s.queue, s.offsets.0));
+        let mut index = std::mem::take(&mut self.index);
+        index.merge(Index {
+            segments,
+            ..Index::default()
+        });
+        self.index = index;
         for ((start, mode, n, thread, queue), times) in std::mem::take(&mut self.blocks) {
             let Some(run) = self.runs.get(&(start.clone(), mode)) else {
                 continue;
@@ -336,6 +362,34 @@ impl Sink for IndexBuilder {
                 self.pending_entry.remove(&key);
                 self.count_entry(who, &start);
             }
+        }
+        if let Some((psb, end)) = run.segment {
+            let (segment, code) = self.segments.entry((run.queue, psb)).or_insert_with(|| {
+                (
+                    Segment {
+                        queue: run.queue,
+                        offsets: (psb, end),
+                        queue_tsc: run.queue_tsc,
+                        ..Segment::default()
+                    },
+                    HashSet::new(),
+                )
+            });
+            if let Some(t) = run.time {
+                segment.time = Some(match segment.time {
+                    Some((a, b)) => (a.min(t), b.max(t)),
+                    None => (t, t),
+                });
+            }
+            // The block's code is contiguous in its mapping (blocks end at every taken
+            // branch); a bound keeps a nonsense span from claiming a whole binary.
+            let span = block.end_ip.saturating_sub(block.ip).min(PAGE);
+            let last_len = block.last.map_or(1, |i| u64::from(i.size.max(1)));
+            code.insert((
+                start.binary.clone(),
+                start.offset,
+                start.offset.saturating_add(span).saturating_add(last_len),
+            ));
         }
         let n = u32::try_from(known).unwrap_or(u32::MAX);
         *self

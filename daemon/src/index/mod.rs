@@ -103,6 +103,69 @@ pub struct QueueSummary {
     pub time: Option<(u64, u64)>,
 }
 
+/// One PSB segment of an AUX queue: where it is, when it ran, which code it ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub queue: u32,
+    /// Trace offsets (in the queue's stream) of its PSB and of its end (the next PSB).
+    pub offsets: (u64, u64),
+    /// Perf time of the first and last timing packet its blocks used (`None`: timeless).
+    pub time: Option<(u64, u64)>,
+    /// The queue's time (TSC) before its first state, to decode it alone with perf's times.
+    pub queue_tsc: u64,
+    /// File offset ranges (start, end exclusive) of the code it ran, per binary, sorted
+    /// and merged.
+    pub code: BTreeMap<BinaryKey, Vec<(u64, u64)>>,
+}
+
+impl Segment {
+    /// Whether it ran code of `binary` in `range` (file offsets).
+    pub fn touches(&self, binary: &BinaryKey, range: std::ops::Range<u64>) -> bool {
+        let Some(ranges) = self.code.get(binary) else {
+            return false;
+        };
+        // The first range ending after range.start decides.
+        let i = ranges.partition_point(|&(_, end)| end <= range.start);
+        ranges.get(i).is_some_and(|&(start, _)| start < range.end)
+    }
+
+    /// What [`crate::decode::decode_segments`] takes.
+    pub fn to_ref(&self) -> crate::decode::SegmentRef {
+        crate::decode::SegmentRef {
+            queue: self.queue,
+            offset: self.offsets.0,
+            queue_tsc: self.queue_tsc,
+        }
+    }
+
+    /// Adds `other` (the same segment, counted by another builder).
+    fn merge(&mut self, other: Segment) {
+        self.offsets.1 = self.offsets.1.max(other.offsets.1);
+        self.time = match (self.time, other.time) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (a, b) => a.or(b),
+        };
+        for (binary, ranges) in other.code {
+            let mine = self.code.entry(binary).or_default();
+            mine.extend(ranges);
+            merge_ranges(mine);
+        }
+    }
+}
+
+/// Sorts `ranges` and merges those that overlap or touch.
+pub(crate) fn merge_ranges(ranges: &mut Vec<(u64, u64)>) {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(start, end) in ranges.iter() {
+        match out.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    *ranges = out;
+}
+
 /// Page size of [`QueueSummary::pages`].
 pub const PAGE: u64 = 4096;
 
@@ -129,6 +192,9 @@ pub struct Index {
     pub targets: HashMap<CodeAddr, BTreeMap<Target, u64>>,
     /// Per AUX queue.
     pub queues: BTreeMap<u32, QueueSummary>,
+    /// Per PSB segment, the code it ran and its time, sorted by (queue, offset): what
+    /// "events at this line" decodes again ([`Index::segments_touching`]).
+    pub segments: Vec<Segment>,
     /// Recorded path of each binary (the first one seen for a build-id).
     pub paths: BTreeMap<BinaryKey, Arc<str>>,
     pub unmapped: UnmappedCounts,
@@ -167,12 +233,34 @@ impl Index {
                 (a, b) => a.or(b),
             };
         }
+        for segment in other.segments {
+            let key = (segment.queue, segment.offsets.0);
+            match self
+                .segments
+                .binary_search_by_key(&key, |s| (s.queue, s.offsets.0))
+            {
+                Ok(i) => self.segments[i].merge(segment),
+                Err(i) => self.segments.insert(i, segment),
+            }
+        }
         for (key, path) in other.paths {
             self.paths.entry(key).or_insert(path);
         }
         self.unmapped.instructions += other.unmapped.instructions;
         self.unmapped.taken += other.unmapped.taken;
         self.errors += other.errors;
+    }
+
+    /// The PSB segments that ran code of `binary` in `range` (file offsets), in trace order
+    /// per queue.
+    pub fn segments_touching<'s>(
+        &'s self,
+        binary: &'s BinaryKey,
+        range: std::ops::Range<u64>,
+    ) -> impl Iterator<Item = &'s Segment> + 's {
+        self.segments
+            .iter()
+            .filter(move |s| s.touches(binary, range.clone()))
     }
 
     /// The binaries counted, with their recorded paths.

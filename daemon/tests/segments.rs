@@ -1,0 +1,114 @@
+//! "Events at this code" from the index's PSB segments: decoding again only the segments the
+//! index says ran a branch instruction gives exactly the events of a full decode at it (same
+//! from, to, flags, thread, CPU and time), for every branch instruction of the sample.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use ptlens::debuginfo::{BinaryCache, SearchPaths};
+use ptlens::decode::{self, BlockRun, BranchEvent, BranchKind, DecodeOptions, Sink};
+use ptlens::index::{BinaryId, BinaryKey, IndexBuilder};
+use ptlens::perf::PerfData;
+use ptlens::sideband::Model;
+
+/// The index, and every branch event, plus the code identity of each branch source.
+#[derive(Default)]
+struct Full {
+    index: IndexBuilder,
+    events: Vec<BranchEvent>,
+    /// Virtual address of a block's last instruction → (binary, file offset).
+    sources: HashMap<u64, (BinaryKey, u64)>,
+}
+
+impl Sink for Full {
+    fn event(&mut self, event: &BranchEvent) {
+        self.index.event(event);
+        self.events.push(event.clone());
+    }
+
+    fn block(&mut self, run: &BlockRun<'_>) {
+        self.index.block(run);
+        let Some(last) = run.block.last else { return };
+        let Some(map) = run.image.map_for(&run.block.ctx, last.ip) else {
+            return;
+        };
+        let id = match map
+            .build_id
+            .as_ref()
+            .and_then(|b| ptlens::debuginfo::BuildId::new(b.as_bytes()))
+        {
+            Some(id) => BinaryId::BuildId(id),
+            None => BinaryId::Path(map.filename.clone()),
+        };
+        let key = BinaryKey { machine_pid: 0, id };
+        self.sources
+            .insert(last.ip, (key, map.file_offset(last.ip)));
+    }
+}
+
+fn branch_from(event: &BranchEvent) -> Option<u64> {
+    match event.kind {
+        BranchKind::Branch { from, .. } if from != 0 => Some(from),
+        _ => None,
+    }
+}
+
+#[test]
+fn segments_touching_a_branch_give_its_events() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/single-thread");
+    let data = PerfData::open(dir.join("perf.data")).unwrap();
+    let recording = data.recording().unwrap();
+    let model = Model::build(&recording);
+    let binaries = BinaryCache::new(SearchPaths::new().with_buildid_dir(&dir));
+    let options = DecodeOptions::default();
+    let mut full = Full::default();
+    decode::decode(&recording, &model, &binaries, &options, &mut full).unwrap();
+    let index = std::mem::take(&mut full.index).finish();
+    assert!(
+        index.segments.len() > 1,
+        "{} segments",
+        index.segments.len()
+    );
+
+    // Full-decode events per branch source.
+    let mut by_source: BTreeMap<u64, Vec<BranchEvent>> = BTreeMap::new();
+    for e in &full.events {
+        if let Some(from) = branch_from(e) {
+            by_source.entry(from).or_default().push(e.clone());
+        }
+    }
+    let mut checked = 0;
+    let mut decoded = 0usize;
+    for (from, expected) in &by_source {
+        let Some((binary, offset)) = full.sources.get(from) else {
+            continue;
+        };
+        let refs: Vec<_> = index
+            .segments_touching(binary, *offset..offset + 1)
+            .map(|s| s.to_ref())
+            .collect();
+        decoded += refs.len();
+        let mut got = Vec::new();
+        let mut sink = |e: &BranchEvent| {
+            if branch_from(e) == Some(*from) {
+                got.push(e.clone());
+            }
+        };
+        decode::decode_segments(
+            &recording,
+            &model,
+            &binaries,
+            &options,
+            &mut refs.into_iter(),
+            &mut sink,
+        )
+        .unwrap();
+        assert_eq!(&got, expected, "events from {from:#x}");
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} branch sources checked");
+    eprintln!(
+        "{checked} branch sources, {} segments, {decoded} segment decodes",
+        index.segments.len()
+    );
+}
