@@ -142,6 +142,28 @@ impl TimeConv {
             .wrapping_add(quot.wrapping_mul(self.mult))
             .wrapping_add((rem * self.mult) >> self.shift)
     }
+
+    /// As perf's `perf_time_to_tsc`: how perf maps a record's time back to a TSC when it decides
+    /// how far to decode a CPU's trace before the record (up to the first state at or past it).
+    pub fn tsc(&self, time: u64) -> u64 {
+        let t = time.wrapping_sub(self.zero);
+        let (quot, rem) = (t / self.mult, t % self.mult);
+        (quot << self.shift) + (rem << self.shift) / self.mult
+    }
+
+    /// The first perf time that perf maps back to a TSC after `tsc`. Nanoseconds are coarser than TSC
+    /// ticks: [`TimeConv::perf_time`] rounds down, and the way back rounds down again, so a record
+    /// stamped `perf_time(tsc)` may come back up to 3 ticks early — at the very TSC of a packet that
+    /// precedes it. perf processes a record as soon as a trace state reaches its TSC, so a context
+    /// switch stamped that way is applied before the outgoing task's last instructions, which perf then
+    /// gives to the incoming task.
+    pub fn perf_time_after(&self, tsc: u64) -> u64 {
+        let mut time = self.perf_time(tsc + 1);
+        while self.tsc(time) <= tsc {
+            time += 1;
+        }
+        time
+    }
 }
 
 /// Runs `program` and writes its recording into `dir`.
@@ -322,8 +344,17 @@ pub fn write_per_cpu(
             What::Fork { parent } => pd.task(false, pid, parent.0, tid, parent.1, &s),
             What::Exit { parent } => pd.task(true, pid, parent.0, tid, parent.1, &s),
             What::Switch { prev, preempted } => {
-                pd.switch_cpu_wide(true, *preempted, e.task, &sid(*prev, e.tick, e.cpu));
-                pd.switch_cpu_wide(false, false, *prev, &s);
+                // After every packet the outgoing task wrote on this CPU (its TSC, MTC and the
+                // decoder's timestamps are at most the TSC at this tick, even a task preempted a few
+                // instructions after its TIP.PGE), and long before the incoming task's TIP.PGE
+                // (`switch_ticks` later).
+                let time = tc.perf_time_after(cfg.tsc_at(e.tick));
+                let out = SampleId {
+                    time,
+                    ..sid(*prev, e.tick, e.cpu)
+                };
+                pd.switch_cpu_wide(true, *preempted, e.task, &out);
+                pd.switch_cpu_wide(false, false, *prev, &SampleId { time, ..s });
             }
         }
     }
@@ -555,5 +586,33 @@ mod tests {
         let one_s = tc.perf_time(2_400_000_000);
         assert!((999_999_000..=1_000_001_000).contains(&one_s), "{one_s}");
         assert!(tc.perf_time(1 << 40) < tc.perf_time((1 << 40) + 3));
+    }
+
+    #[test]
+    fn perf_time_to_tsc_matches_perf() {
+        // From perf 6.1's intel_pt log of samples/threads regenerated: "time 1789632385 tsc
+        // 0x100024b9d".
+        let tc = TimeConv::DEFAULT;
+        assert_eq!(tc.tsc(1_789_632_385), 0x1_0002_4b9d);
+    }
+
+    #[test]
+    fn switch_times_come_back_after_their_tsc() {
+        // The regression: a task preempted 4 instructions (3 TSC ticks) after its TIP.PGE at TSC
+        // 0x100024b9d had its switch stamped perf_time(0x100024ba0) = 1789632385 ns, which perf maps
+        // back to 0x100024b9d, the PGE's own TSC: perf switched tasks first and gave those 4
+        // instructions to the incoming thread.
+        let tc = TimeConv::DEFAULT;
+        let pge = 0x1_0002_4b9d;
+        assert!(
+            tc.tsc(tc.perf_time(pge + 3)) <= pge,
+            "the rounding this guards against"
+        );
+        for tsc in (1u64 << 32)..(1u64 << 32) + 5000 {
+            let t = tc.perf_time_after(tsc);
+            assert!(tc.tsc(t) > tsc, "{tsc:#x}");
+            assert!(tc.tsc(t) <= tsc + 4, "{tsc:#x}: not much later");
+            assert!(tc.tsc(t - 1) <= tsc, "{tsc:#x}: the first such time");
+        }
     }
 }
