@@ -12,12 +12,10 @@
 //! context switches), each stamped with its tick and CPU.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
-use crate::insn::{self, Insn, Kind};
-use crate::trace::{self, os, parse_maps_line, Mapping, TraceError};
+use crate::insn::{Insn, Kind};
+use crate::trace::{self, os, AddressSpace, Mapping, TraceError};
 
 /// How the tasks are scheduled.
 #[derive(Clone, Debug)]
@@ -191,19 +189,22 @@ struct TaskState {
     syscall: u64,
 }
 
-struct Process {
-    mem: File,
-    maps: Vec<Mapping>,
-    insns: HashMap<u64, Insn>,
-}
-
-impl Process {
-    fn open(pid: i32) -> Result<Self, TraceError> {
-        Ok(Process {
-            mem: File::open(format!("/proc/{pid}/mem")).map_err(os("open /proc/PID/mem"))?,
-            maps: Vec::new(),
-            insns: HashMap::new(),
-        })
+impl TaskState {
+    /// A task of process `pid`, off every CPU, with nothing pending.
+    fn new(pid: i32, parent: Task, state: State, ip: u64) -> Self {
+        TaskState {
+            pid,
+            parent,
+            state,
+            ip,
+            cpu: None,
+            signal: 0,
+            delivering: false,
+            slice: 0,
+            in_rep: false,
+            exec_trap: false,
+            syscall: 0,
+        }
     }
 }
 
@@ -216,7 +217,7 @@ struct Scheduler<'a> {
     opts: &'a Options,
     tick: u64,
     tasks: BTreeMap<i32, TaskState>,
-    procs: HashMap<i32, Process>,
+    procs: HashMap<i32, AddressSpace>,
     cpus: Vec<Cpu>,
     runq: VecDeque<i32>,
     events: Vec<Timed>,
@@ -234,17 +235,7 @@ const POLL_TICKS: u64 = 32;
 
 impl<'a> Scheduler<'a> {
     fn new(pid: i32, opts: &'a Options) -> Result<Self, TraceError> {
-        let options = libc::PTRACE_O_EXITKILL
-            | libc::PTRACE_O_TRACECLONE
-            | libc::PTRACE_O_TRACEFORK
-            | libc::PTRACE_O_TRACEVFORK
-            | libc::PTRACE_O_TRACEEXEC;
-        trace::ptrace(
-            "PTRACE_SETOPTIONS",
-            libc::PTRACE_SETOPTIONS,
-            pid,
-            options as usize,
-        )?;
+        trace::trace_children(pid)?;
         let mut s = Scheduler {
             opts,
             tick: 0,
@@ -267,19 +258,12 @@ impl<'a> Scheduler<'a> {
         };
         s.tasks.insert(
             pid,
-            TaskState {
+            TaskState::new(
                 pid,
-                parent: (pid, pid),
-                state: State::Ready,
-                ip: trace::instruction_pointer(pid)?,
-                cpu: None,
-                signal: 0,
-                delivering: false,
-                slice: 0,
-                in_rep: false,
-                exec_trap: false,
-                syscall: 0,
-            },
+                (pid, pid),
+                State::Ready,
+                trace::instruction_pointer(pid)?,
+            ),
         );
         s.exec(pid)?;
         s.tasks.get_mut(&pid).expect("root task").exec_trap = false;
@@ -320,7 +304,7 @@ impl<'a> Scheduler<'a> {
             .map_err(os("read /proc/PID/comm"))?
             .trim_end()
             .to_string();
-        self.procs.insert(pid, Process::open(pid)?);
+        self.procs.insert(pid, AddressSpace::open(pid)?);
         let t = self.tasks.get_mut(&tid).expect("task");
         t.ip = trace::instruction_pointer(tid)?;
         t.exec_trap = true;
@@ -328,14 +312,7 @@ impl<'a> Scheduler<'a> {
         self.push(cpu, (pid, tid), What::Exec { comm });
         self.refresh_maps(tid)?;
         if self.vdso.is_none() {
-            let p = &self.procs[&pid];
-            if let Some(v) = p.maps.iter().find(|m| m.is_vdso()) {
-                let mut image = vec![0u8; (v.end - v.start) as usize];
-                p.mem
-                    .read_exact_at(&mut image, v.start)
-                    .map_err(os("read [vdso]"))?;
-                self.vdso = Some(image);
-            }
+            self.vdso = self.procs[&pid].vdso()?;
         }
         Ok(())
     }
@@ -343,51 +320,32 @@ impl<'a> Scheduler<'a> {
     /// Re-reads the task's process's maps; new executable mappings become events.
     fn refresh_maps(&mut self, tid: i32) -> Result<(), TraceError> {
         let pid = self.tasks[&tid].pid;
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .map_err(os("read /proc/PID/maps"))?;
-        let current: Vec<Mapping> = text.lines().filter_map(parse_maps_line).collect();
-        let cpu = self.cpu_of(tid);
-        let p = self.procs.get_mut(&pid).expect("process of a live task");
-        let before = p.maps.len();
-        p.maps.retain(|m| current.contains(m));
-        if p.maps.len() != before {
-            p.insns.clear();
-        }
-        let mut new = Vec::new();
-        for m in current {
-            if !p.maps.contains(&m) {
-                p.maps.push(m.clone());
-                new.push(m);
-            }
-        }
-        for m in new {
-            self.push(cpu, (pid, tid), What::Map(m));
-        }
+        let new = self
+            .procs
+            .get_mut(&pid)
+            .expect("process of a live task")
+            .refresh_maps(pid)?;
+        self.push_maps(tid, new);
         Ok(())
     }
 
     fn insn_at(&mut self, tid: i32, ip: u64) -> Result<Insn, TraceError> {
         let pid = self.tasks[&tid].pid;
-        if let Some(i) = self.procs[&pid].insns.get(&ip) {
-            return Ok(*i);
-        }
-        if !self.procs[&pid].maps.iter().any(|m| m.contains(ip)) {
-            self.refresh_maps(tid)?;
-        }
-        let p = self.procs.get_mut(&pid).expect("process of a live task");
-        let mut buf = [0u8; 16];
-        let n = match p.mem.read_at(&mut buf, ip) {
-            Ok(n) => n,
-            Err(_) => {
-                let to_page_end = (0x1000 - (ip & 0xfff)) as usize;
-                p.mem
-                    .read_at(&mut buf[..to_page_end.min(16)], ip)
-                    .map_err(os("read /proc/PID/mem"))?
-            }
-        };
-        let insn = insn::decode(&buf[..n], ip).ok_or(TraceError::BadInstruction { ip })?;
-        p.insns.insert(ip, insn);
+        let (insn, new) = self
+            .procs
+            .get_mut(&pid)
+            .expect("process of a live task")
+            .insn_at(pid, ip)?;
+        self.push_maps(tid, new);
         Ok(insn)
+    }
+
+    fn push_maps(&mut self, tid: i32, maps: Vec<Mapping>) {
+        let task = self.task_of(tid);
+        let cpu = self.cpu_of(tid);
+        for m in maps {
+            self.push(cpu, task, What::Map(m));
+        }
     }
 
     fn live(&self) -> bool {
@@ -521,21 +479,11 @@ impl<'a> Scheduler<'a> {
             };
             t.slice += 1;
             t.exec_trap = false;
-            trace::ptrace(
-                "PTRACE_SINGLESTEP",
-                libc::PTRACE_SINGLESTEP,
-                tid,
-                signal as usize,
-            )?;
+            trace::single_step(tid, signal)?;
             self.push(c, task, What::Insn { ip, insn });
             return self.count();
         }
-        trace::ptrace(
-            "PTRACE_SINGLESTEP",
-            libc::PTRACE_SINGLESTEP,
-            tid,
-            signal as usize,
-        )?;
+        trace::single_step(tid, signal)?;
         let status = trace::wait(tid)?;
         if !libc::WIFSTOPPED(status) {
             return self.gone(tid, status);
@@ -546,7 +494,7 @@ impl<'a> Scheduler<'a> {
         if sig != libc::SIGTRAP {
             // A signal-delivery stop: nothing executed.
             t.signal = sig;
-            t.delivering = catches(tid, sig)?;
+            t.delivering = trace::catches(tid, sig)?;
             return Ok(());
         }
         if delivering {
@@ -606,31 +554,17 @@ impl<'a> Scheduler<'a> {
                     parent.0
                 } else {
                     // A new process: a copy of the parent's address space.
-                    let mut p = Process::open(new)?;
+                    let mut p = AddressSpace::open(new)?;
                     p.maps = self.procs[&parent.0].maps.clone();
                     self.procs.insert(new, p);
                     new
                 };
-                self.tasks.insert(
-                    new,
-                    TaskState {
-                        pid,
-                        parent,
-                        state: State::Starting,
-                        ip: 0,
-                        cpu: None,
-                        signal: 0,
-                        delivering: false,
-                        slice: 0,
-                        in_rep: false,
-                        exec_trap: false,
-                        syscall: 0,
-                    },
-                );
+                self.tasks
+                    .insert(new, TaskState::new(pid, parent, State::Starting, 0));
                 let cpu = self.cpu_of(tid);
                 self.push(cpu, (pid, new), What::Fork { parent });
                 // The syscall goes on.
-                trace::ptrace("PTRACE_SINGLESTEP", libc::PTRACE_SINGLESTEP, tid, 0)?;
+                trace::single_step(tid, 0)?;
             }
             libc::PTRACE_EVENT_EXEC => {
                 self.exec(tid)?;
@@ -658,18 +592,13 @@ impl<'a> Scheduler<'a> {
                     self.resumed(tid);
                 } else {
                     // A signal arrived in the kernel: deliver it and stay there.
-                    let caught = catches(tid, sig)?;
+                    let caught = trace::catches(tid, sig)?;
                     let t = self.tasks.get_mut(&tid).expect("task");
                     t.delivering = caught;
-                    trace::ptrace(
-                        "PTRACE_SINGLESTEP",
-                        libc::PTRACE_SINGLESTEP,
-                        tid,
-                        sig as usize,
-                    )?;
+                    trace::single_step(tid, sig)?;
                 }
             }
-            _ => trace::ptrace("PTRACE_SINGLESTEP", libc::PTRACE_SINGLESTEP, tid, 0)?,
+            _ => trace::single_step(tid, 0)?,
         }
         Ok(())
     }
@@ -735,14 +664,7 @@ impl<'a> Scheduler<'a> {
 
 /// The syscall number a stopped task is about to make (rax).
 fn syscall_number(tid: i32) -> Result<u64, TraceError> {
-    // SAFETY: user_regs_struct is plain data; PTRACE_GETREGS fills it for a stopped tracee.
-    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    // SAFETY: the pointer is to a live user_regs_struct, the layout GETREGS writes on x86-64.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut regs as *mut _) };
-    if r < 0 {
-        return Err(os("PTRACE_GETREGS")(io::Error::last_os_error()));
-    }
-    Ok(regs.rax)
+    Ok(trace::registers(tid)?.rax)
 }
 
 impl Scheduler<'_> {
@@ -804,18 +726,6 @@ fn thread_group(tid: i32) -> Result<i32, TraceError> {
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| os("parse /proc/TID/status")(io::Error::other("no Tgid")))
-}
-
-/// Whether the task's process has a handler for `sig` (SigCgt).
-fn catches(tid: i32, sig: i32) -> Result<bool, TraceError> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .map_err(os("read /proc/TID/status"))?;
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    Ok(sig >= 1 && mask & (1u64 << (sig - 1)) != 0)
 }
 
 /// The path of an executable mapping's file, for the build-id cache.

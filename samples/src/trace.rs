@@ -282,76 +282,81 @@ pub(crate) fn ptrace(
     Ok(())
 }
 
-pub(crate) fn instruction_pointer(pid: i32) -> Result<u64, TraceError> {
+/// Single-steps a stopped tracee, delivering `signal` (0 for none).
+pub(crate) fn single_step(tid: i32, signal: i32) -> Result<(), TraceError> {
+    ptrace(
+        "PTRACE_SINGLESTEP",
+        libc::PTRACE_SINGLESTEP,
+        tid,
+        signal as usize,
+    )
+}
+
+/// Makes a tracee's children traced too, and killed with the tracer.
+pub(crate) fn trace_children(pid: i32) -> Result<(), TraceError> {
+    let options = libc::PTRACE_O_EXITKILL
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
+        | libc::PTRACE_O_TRACEEXEC;
+    ptrace(
+        "PTRACE_SETOPTIONS",
+        libc::PTRACE_SETOPTIONS,
+        pid,
+        options as usize,
+    )
+}
+
+/// The registers of a stopped tracee.
+pub(crate) fn registers(tid: i32) -> Result<libc::user_regs_struct, TraceError> {
     // SAFETY: user_regs_struct is plain data; PTRACE_GETREGS fills it for a stopped tracee.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: the pointer is to a live user_regs_struct, the layout GETREGS writes on x86-64.
-    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0usize, &mut regs as *mut _) };
+    let r = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut regs as *mut _) };
     if r < 0 {
         return Err(os("PTRACE_GETREGS")(io::Error::last_os_error()));
     }
-    Ok(regs.rip)
+    Ok(regs)
 }
 
-struct Tracer {
-    pid: i32,
-    mem: File,
-    comm: String,
-    exe: PathBuf,
-    events: Vec<Event>,
-    vdso: Option<Vec<u8>>,
+pub(crate) fn instruction_pointer(pid: i32) -> Result<u64, TraceError> {
+    Ok(registers(pid)?.rip)
+}
+
+/// Whether the task's process has a handler for `sig` (/proc/TID/status SigCgt).
+pub(crate) fn catches(tid: i32, sig: i32) -> Result<bool, TraceError> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .map_err(os("read /proc/TID/status"))?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    Ok(sig >= 1 && mask & (1u64 << (sig - 1)) != 0)
+}
+
+/// A process's memory as the tracer sees it: its executable mappings and the instructions decoded
+/// from them.
+pub(crate) struct AddressSpace {
+    pub(crate) mem: File,
     /// Executable mappings currently in place.
-    maps: Vec<Mapping>,
+    pub(crate) maps: Vec<Mapping>,
     insns: HashMap<u64, Insn>,
-    rep_iterations: u64,
 }
 
-impl Tracer {
-    fn new(pid: i32) -> Result<Self, TraceError> {
-        let options = libc::PTRACE_O_EXITKILL
-            | libc::PTRACE_O_TRACECLONE
-            | libc::PTRACE_O_TRACEFORK
-            | libc::PTRACE_O_TRACEVFORK
-            | libc::PTRACE_O_TRACEEXEC;
-        ptrace(
-            "PTRACE_SETOPTIONS",
-            libc::PTRACE_SETOPTIONS,
-            pid,
-            options as usize,
-        )?;
-        let mem = File::open(format!("/proc/{pid}/mem")).map_err(os("open /proc/PID/mem"))?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map_err(os("read /proc/PID/comm"))?
-            .trim_end()
-            .to_string();
-        let exe =
-            std::fs::read_link(format!("/proc/{pid}/exe")).map_err(os("readlink /proc/PID/exe"))?;
-        let mut tracer = Tracer {
-            pid,
-            mem,
-            comm,
-            exe,
-            events: Vec::new(),
-            vdso: None,
+impl AddressSpace {
+    pub(crate) fn open(pid: i32) -> Result<Self, TraceError> {
+        Ok(AddressSpace {
+            mem: File::open(format!("/proc/{pid}/mem")).map_err(os("open /proc/PID/mem"))?,
             maps: Vec::new(),
             insns: HashMap::new(),
-            rep_iterations: 0,
-        };
-        tracer.refresh_maps()?;
-        if let Some(v) = tracer.maps.iter().find(|m| m.is_vdso()) {
-            let mut image = vec![0u8; (v.end - v.start) as usize];
-            tracer
-                .mem
-                .read_exact_at(&mut image, v.start)
-                .map_err(os("read [vdso]"))?;
-            tracer.vdso = Some(image);
-        }
-        Ok(tracer)
+        })
     }
 
-    /// Re-reads /proc/PID/maps; records new executable mappings and forgets removed ones.
-    fn refresh_maps(&mut self) -> Result<(), TraceError> {
-        let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
+    /// Re-reads /proc/PID/maps; forgets removed mappings (and the instructions decoded so far) and
+    /// returns the new ones, in order.
+    pub(crate) fn refresh_maps(&mut self, pid: i32) -> Result<Vec<Mapping>, TraceError> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(os("read /proc/PID/maps"))?;
         let current: Vec<Mapping> = text.lines().filter_map(parse_maps_line).collect();
         let before = self.maps.len();
@@ -359,22 +364,31 @@ impl Tracer {
         if self.maps.len() != before {
             self.insns.clear();
         }
+        let mut new = Vec::new();
         for m in current {
             if !self.maps.contains(&m) {
-                self.events.push(Event::Map(m.clone()));
-                self.maps.push(m);
+                self.maps.push(m.clone());
+                new.push(m);
             }
         }
-        Ok(())
+        Ok(new)
     }
 
-    fn insn_at(&mut self, ip: u64) -> Result<Insn, TraceError> {
+    /// The instruction at `ip`; the maps are re-read first if none holds `ip`, and the mappings that
+    /// re-reading found are returned with it.
+    pub(crate) fn insn_at(
+        &mut self,
+        pid: i32,
+        ip: u64,
+    ) -> Result<(Insn, Vec<Mapping>), TraceError> {
         if let Some(i) = self.insns.get(&ip) {
-            return Ok(*i);
+            return Ok((*i, Vec::new()));
         }
-        if !self.maps.iter().any(|m| m.contains(ip)) {
-            self.refresh_maps()?;
-        }
+        let new = if self.maps.iter().any(|m| m.contains(ip)) {
+            Vec::new()
+        } else {
+            self.refresh_maps(pid)?
+        };
         let mut buf = [0u8; 16];
         // Stop at the end of the page if the next one is not mapped.
         let n = match self.mem.read_at(&mut buf, ip) {
@@ -388,6 +402,66 @@ impl Tracer {
         };
         let insn = insn::decode(&buf[..n], ip).ok_or(TraceError::BadInstruction { ip })?;
         self.insns.insert(ip, insn);
+        Ok((insn, new))
+    }
+
+    /// The `[vdso]` image, if it is mapped.
+    pub(crate) fn vdso(&self) -> Result<Option<Vec<u8>>, TraceError> {
+        let Some(v) = self.maps.iter().find(|m| m.is_vdso()) else {
+            return Ok(None);
+        };
+        let mut image = vec![0u8; (v.end - v.start) as usize];
+        self.mem
+            .read_exact_at(&mut image, v.start)
+            .map_err(os("read [vdso]"))?;
+        Ok(Some(image))
+    }
+}
+
+struct Tracer {
+    pid: i32,
+    comm: String,
+    exe: PathBuf,
+    events: Vec<Event>,
+    vdso: Option<Vec<u8>>,
+    space: AddressSpace,
+    rep_iterations: u64,
+}
+
+impl Tracer {
+    fn new(pid: i32) -> Result<Self, TraceError> {
+        trace_children(pid)?;
+        let space = AddressSpace::open(pid)?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_err(os("read /proc/PID/comm"))?
+            .trim_end()
+            .to_string();
+        let exe =
+            std::fs::read_link(format!("/proc/{pid}/exe")).map_err(os("readlink /proc/PID/exe"))?;
+        let mut tracer = Tracer {
+            pid,
+            comm,
+            exe,
+            events: Vec::new(),
+            vdso: None,
+            space,
+            rep_iterations: 0,
+        };
+        tracer.refresh_maps()?;
+        tracer.vdso = tracer.space.vdso()?;
+        Ok(tracer)
+    }
+
+    /// Re-reads /proc/PID/maps; records new executable mappings and forgets removed ones.
+    fn refresh_maps(&mut self) -> Result<(), TraceError> {
+        let new = self.space.refresh_maps(self.pid)?;
+        self.events.extend(new.into_iter().map(Event::Map));
+        Ok(())
+    }
+
+    fn insn_at(&mut self, ip: u64) -> Result<Insn, TraceError> {
+        let (insn, new) = self.space.insn_at(self.pid, ip)?;
+        self.events.extend(new.into_iter().map(Event::Map));
         Ok(insn)
     }
 
@@ -409,12 +483,7 @@ impl Tracer {
         loop {
             // Decoded before the step: after the exit syscall the memory is gone.
             let insn = self.insn_at(ip)?;
-            ptrace(
-                "PTRACE_SINGLESTEP",
-                libc::PTRACE_SINGLESTEP,
-                pid,
-                signal as usize,
-            )?;
+            single_step(pid, signal)?;
             signal = 0;
             let status = wait(pid)?;
             if libc::WIFEXITED(status) {
@@ -448,7 +517,7 @@ impl Tracer {
                 // A signal-delivery stop: nothing executed. Deliver the signal; if the program catches
                 // it, the next stop is at the handler.
                 signal = sig;
-                delivering = self.catches(sig)?;
+                delivering = catches(pid, sig)?;
                 continue;
             }
             if delivering {
@@ -471,18 +540,6 @@ impl Tracer {
             }
             ip = next;
         }
-    }
-
-    /// Whether the process has a handler for `sig` (/proc/PID/status SigCgt).
-    fn catches(&self, sig: i32) -> Result<bool, TraceError> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .map_err(os("read /proc/PID/status"))?;
-        let mask = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0);
-        Ok(sig >= 1 && mask & (1u64 << (sig - 1)) != 0)
     }
 }
 
