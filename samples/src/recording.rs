@@ -52,6 +52,11 @@ pub enum RecordError {
     },
 }
 
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError {
+    let path = path.to_path_buf();
+    move |source| RecordError::Io { path, source }
+}
+
 /// What was written.
 #[derive(Debug)]
 pub struct Recording {
@@ -190,10 +195,6 @@ pub fn record(
 
 /// Writes the recording of an execution into `dir`.
 pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recording, RecordError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RecordError::Io { path, source }
-    };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let encoded = encode::encode(&execution.events, &opts.encode);
     let tc = TimeConv::DEFAULT;
@@ -247,19 +248,15 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
         .collect();
     let binaries = fill_build_id_cache(&maps, execution.vdso.as_deref(), dir, &mut pd)?;
 
-    let perf_data = dir.join(PERF_DATA);
-    let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
-    pd.write_to(std::io::BufWriter::new(file))
-        .map_err(io_err(&perf_data))?;
-    let truth = dir.join(GROUND_TRUTH);
-    write_ground_truth(&execution, &encoded.lost, &truth).map_err(io_err(&truth))?;
-    let expected = dir.join(EXPECTED_ERRORS);
-    if encoded.stats.overflows > 0 {
-        let text = "Overflow packet\n".repeat(encoded.stats.overflows as usize);
-        std::fs::write(&expected, text).map_err(io_err(&expected))?;
-    } else if expected.exists() {
-        std::fs::remove_file(&expected).map_err(io_err(&expected))?;
-    }
+    let insns = execution
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Event::Insn { ip, .. } => Some((i, execution.pid, *ip)),
+            _ => None,
+        });
+    let perf_data = write_files(dir, &pd, insns, &encoded.lost, encoded.stats.overflows)?;
 
     Ok(Recording {
         dir: dir.to_path_buf(),
@@ -285,10 +282,6 @@ pub fn write_per_cpu(
     dir: &Path,
     opts: &Options,
 ) -> Result<Recording, RecordError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RecordError::Io { path, source }
-    };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg = opts.encode.clone();
     let streams = encode::encode_timeline(&timeline, &cfg);
@@ -383,33 +376,15 @@ pub fn write_per_cpu(
     let maps = sched::mapped_files(&timeline);
     let maps: Vec<&Mapping> = maps.iter().collect();
     let binaries = fill_build_id_cache(&maps, timeline.vdso.as_deref(), dir, &mut pd)?;
-    let perf_data = dir.join(PERF_DATA);
-    let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
-    pd.write_to(std::io::BufWriter::new(file))
-        .map_err(io_err(&perf_data))?;
-    let truth = dir.join(GROUND_TRUTH);
-    let write_truth = || -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&truth)?);
-        let mut lost = lost.iter().peekable();
-        for (i, e) in timeline.events.iter().enumerate() {
-            let What::Insn { ip, .. } = e.what else {
-                continue;
-            };
-            if lost.next_if_eq(&&i).is_some() {
-                continue;
-            }
-            writeln!(w, "{} {ip:x}", e.task.1)?;
-        }
-        w.flush()
-    };
-    write_truth().map_err(io_err(&truth))?;
-    let expected = dir.join(EXPECTED_ERRORS);
-    if stats.overflows > 0 {
-        let text = "Overflow packet\n".repeat(stats.overflows as usize);
-        std::fs::write(&expected, text).map_err(io_err(&expected))?;
-    } else if expected.exists() {
-        std::fs::remove_file(&expected).map_err(io_err(&expected))?;
-    }
+    let insns = timeline
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e.what {
+            What::Insn { ip, .. } => Some((i, e.task.1, ip)),
+            _ => None,
+        });
+    let perf_data = write_files(dir, &pd, insns, &lost, stats.overflows)?;
     Ok(Recording {
         dir: dir.to_path_buf(),
         perf_data,
@@ -539,19 +514,46 @@ fn fill_build_id_cache(
     Ok(done)
 }
 
-/// The instructions perf must show: all that executed, less those lost to a simulated overflow (`lost`
-/// holds sorted event indices).
-fn write_ground_truth(execution: &Execution, lost: &[usize], path: &Path) -> std::io::Result<()> {
+/// Writes a recording's files into `dir` and returns the perf.data path: the perf.data, its ground
+/// truth (`insns`: (event index, tid, ip) of every instruction executed, in order) and the decoder
+/// errors perf must report (one per simulated overflow).
+fn write_files(
+    dir: &Path,
+    pd: &PerfData,
+    insns: impl Iterator<Item = (usize, i32, u64)>,
+    lost: &[usize],
+    overflows: u64,
+) -> Result<PathBuf, RecordError> {
+    let perf_data = dir.join(PERF_DATA);
+    let file = std::fs::File::create(&perf_data).map_err(io_err(&perf_data))?;
+    pd.write_to(std::io::BufWriter::new(file))
+        .map_err(io_err(&perf_data))?;
+    let truth = dir.join(GROUND_TRUTH);
+    write_ground_truth(insns, lost, &truth).map_err(io_err(&truth))?;
+    let expected = dir.join(EXPECTED_ERRORS);
+    if overflows > 0 {
+        let text = "Overflow packet\n".repeat(overflows as usize);
+        std::fs::write(&expected, text).map_err(io_err(&expected))?;
+    } else if expected.exists() {
+        std::fs::remove_file(&expected).map_err(io_err(&expected))?;
+    }
+    Ok(perf_data)
+}
+
+/// The instructions perf must show: all that executed (`insns`: (event index, tid, ip)), less those
+/// lost to a simulated overflow (`lost` holds sorted event indices).
+fn write_ground_truth(
+    insns: impl Iterator<Item = (usize, i32, u64)>,
+    lost: &[usize],
+    path: &Path,
+) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut lost = lost.iter().peekable();
-    for (i, event) in execution.events.iter().enumerate() {
-        let Event::Insn { ip, .. } = event else {
-            continue;
-        };
+    for (i, tid, ip) in insns {
         if lost.next_if_eq(&&i).is_some() {
             continue;
         }
-        writeln!(w, "{} {ip:x}", execution.pid)?;
+        writeln!(w, "{tid} {ip:x}")?;
     }
     w.flush()
 }
