@@ -341,6 +341,9 @@ impl<'a> Scheduler<'a> {
     }
 
     fn push_maps(&mut self, tid: i32, maps: Vec<Mapping>) {
+        if maps.is_empty() {
+            return;
+        }
         let task = self.task_of(tid);
         let cpu = self.cpu_of(tid);
         for m in maps {
