@@ -1,10 +1,10 @@
 //! `ptlens branches FILE`: every branch of a recording, with perf's semantics.
 
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use ptlens::debuginfo::{BinaryCache, SearchPaths};
+use ptlens::debuginfo::BinaryCache;
 use ptlens::decode::{self, BranchEvent, BranchKind, DecodeOptions};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
@@ -34,22 +34,8 @@ pub struct BranchesArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// A build-id cache directory to search first (perf's --buildid-dir). The directory
-    /// holding FILE is searched next, then ~/.debug.
-    #[arg(long, value_name = "DIR")]
-    pub buildid_dir: Vec<PathBuf>,
-
-    /// Look for binaries under DIR (perf's --symfs).
-    #[arg(long, value_name = "DIR")]
-    pub symfs: Option<PathBuf>,
-
-    /// The kernel image to read kernel code, symbols and lines from (perf's --vmlinux).
-    #[arg(long, value_name = "FILE")]
-    pub vmlinux: Option<PathBuf>,
-
-    /// The kernel symbol table, in /proc/kallsyms format (perf's --kallsyms).
-    #[arg(long, value_name = "FILE")]
-    pub kallsyms: Option<PathBuf>,
+    #[command(flatten)]
+    pub search: super::search::BinarySearchArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,27 +46,6 @@ pub enum Format {
     Jsonl,
 }
 
-fn search_paths(args: &BranchesArgs) -> SearchPaths {
-    let mut search = SearchPaths::new();
-    for dir in &args.buildid_dir {
-        search = search.with_buildid_dir(dir);
-    }
-    let dir = args
-        .file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    search = search.with_buildid_dir(dir);
-    for dir in SearchPaths::perf_default().buildid_dirs {
-        search = search.with_buildid_dir(dir);
-    }
-    if let Some(symfs) = &args.symfs {
-        search = search.with_symfs(symfs);
-    }
-    search = super::kernel_paths(search, &args.file, &args.vmlinux, &args.kallsyms);
-    search
-}
-
 impl BranchesArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let data = PerfData::open(&self.file)?;
@@ -88,7 +53,7 @@ impl BranchesArgs {
             .recording()
             .with_context(|| format!("reading {}", self.file.display()))?;
         let model = Model::build(&recording);
-        let binaries = BinaryCache::new(search_paths(&self));
+        let binaries = BinaryCache::new(self.search.paths(&self.file));
         let stdout = io::stdout();
         let mut out = BufWriter::new(stdout.lock());
         let mut failed: Option<io::Error> = None;

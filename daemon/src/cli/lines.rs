@@ -34,22 +34,8 @@ pub struct LinesArgs {
 /// Where binaries are looked for, as perf spells it.
 #[derive(clap::Args, Clone)]
 pub struct SearchArgs {
-    /// A build-id cache directory to search first (perf's --buildid-dir). The directory
-    /// holding FILE is searched next, then ~/.debug.
-    #[arg(long, value_name = "DIR")]
-    pub buildid_dir: Vec<PathBuf>,
-
-    /// Look for binaries under DIR (perf's --symfs).
-    #[arg(long, value_name = "DIR")]
-    pub symfs: Option<PathBuf>,
-
-    /// The kernel image to read kernel code, symbols and lines from (perf's --vmlinux).
-    #[arg(long, value_name = "FILE")]
-    pub vmlinux: Option<PathBuf>,
-
-    /// The kernel symbol table, in /proc/kallsyms format (perf's --kallsyms).
-    #[arg(long, value_name = "FILE")]
-    pub kallsyms: Option<PathBuf>,
+    #[command(flatten)]
+    pub binaries: super::search::BinarySearchArgs,
 
     /// How source files are named: `dwarf` as the line table says; `perf` as
     /// `perf script -F srcline` prints them (binutils names code of a DWARF 5 unit's file 1
@@ -84,23 +70,7 @@ struct JsonReport<'r> {
 
 impl SearchArgs {
     pub fn paths(&self, recording: &Path) -> SearchPaths {
-        let mut search = SearchPaths::new();
-        for dir in &self.buildid_dir {
-            search = search.with_buildid_dir(dir);
-        }
-        let dir = recording
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        search = search.with_buildid_dir(dir);
-        for dir in SearchPaths::perf_default().buildid_dirs {
-            search = search.with_buildid_dir(dir);
-        }
-        if let Some(symfs) = &self.symfs {
-            search = search.with_symfs(symfs);
-        }
-        search = super::kernel_paths(search, recording, &self.vmlinux, &self.kallsyms);
-        search
+        self.binaries.paths(recording)
     }
 }
 

@@ -7,6 +7,7 @@ mod dump;
 mod dump_file;
 mod dump_pt;
 mod lines;
+mod search;
 
 use clap::Parser;
 
@@ -41,25 +42,4 @@ impl Command {
             Command::Annotate(args) => args.run(),
         }
     }
-}
-
-/// Adds the kernel's sources to `search`: `--vmlinux`, `--kallsyms`, and the recording's own
-/// `kcore_dir` when `perf record --kcore` wrote one (FILE is then a directory).
-fn kernel_paths(
-    mut search: ptlens::debuginfo::SearchPaths,
-    file: &std::path::Path,
-    vmlinux: &Option<std::path::PathBuf>,
-    kallsyms: &Option<std::path::PathBuf>,
-) -> ptlens::debuginfo::SearchPaths {
-    if let Some(v) = vmlinux {
-        search = search.with_vmlinux(v);
-    }
-    if let Some(k) = kallsyms {
-        search = search.with_kallsyms(k);
-    }
-    let kcore_dir = file.join("kcore_dir");
-    if kcore_dir.is_dir() {
-        search = search.with_kcore_dir(kcore_dir);
-    }
-    search
 }
