@@ -6,173 +6,17 @@
 //! (perf interleaves per-CPU queues by time; a difference only in the order of ties would show
 //! as a global mismatch with equal per-CPU streams).
 
+#[path = "support/branch_stream.rs"]
+mod branch_stream;
 #[path = "perf_support.rs"]
 mod perf_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use branch_stream::{first_difference, parse_perf, parse_ptlens, Event, PERF_SCRIPT_ARGS};
+use perf_support::samples;
 use ptlens::decode::BranchFlags;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
-    Branch {
-        tid: i32,
-        cpu: i32,
-        time: u64,
-        flags: u32,
-        from: u64,
-        to: u64,
-    },
-    Error {
-        tid: i32,
-        cpu: i32,
-        time: u64,
-        ip: u64,
-        code: u32,
-    },
-}
-
-impl Event {
-    fn cpu(&self) -> i32 {
-        match self {
-            Event::Branch { cpu, .. } | Event::Error { cpu, .. } => *cpu,
-        }
-    }
-
-    /// The event without its time.
-    fn timeless(&self) -> Event {
-        match self.clone() {
-            Event::Branch {
-                tid,
-                cpu,
-                flags,
-                from,
-                to,
-                ..
-            } => Event::Branch {
-                tid,
-                cpu,
-                time: 0,
-                flags,
-                from,
-                to,
-            },
-            Event::Error {
-                tid, cpu, ip, code, ..
-            } => Event::Error {
-                tid,
-                cpu,
-                time: 0,
-                ip,
-                code,
-            },
-        }
-    }
-}
-
-fn parse_time(text: &str) -> u64 {
-    let (s, ns) = text.trim_end_matches(':').split_once('.').expect("time");
-    s.parse::<u64>().unwrap() * 1_000_000_000 + ns.parse::<u64>().unwrap()
-}
-
-fn hex(text: &str) -> u64 {
-    u64::from_str_radix(text.trim_start_matches("0x"), 16).expect("hex")
-}
-
-/// `perf script --itrace=be -F tid,cpu,time,flags,ip,addr --ns` lines.
-fn parse_perf(text: &str) -> Vec<Event> {
-    let mut events = Vec::new();
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.is_empty() {
-            continue;
-        }
-        if line.contains("instruction trace error") {
-            // " instruction trace error type 1 time T cpu C pid P tid T ip 0x.. code N: msg"
-            let field = |name: &str| {
-                let at = words.iter().position(|w| *w == name).expect(name);
-                words[at + 1]
-            };
-            events.push(Event::Error {
-                tid: field("tid").parse().unwrap(),
-                cpu: field("cpu").parse().unwrap(),
-                time: parse_time(field("time")),
-                ip: hex(field("ip")),
-                code: field("code").trim_end_matches(':').parse().unwrap(),
-            });
-            continue;
-        }
-        // "TID [CPU] TIME: FLAGS... FROM => TO"
-        let n = words.len();
-        assert!(
-            n >= 6 && words[n - 2] == "=>",
-            "unexpected perf line: {line}"
-        );
-        let cpu = words[1].trim_start_matches('[').trim_end_matches(']');
-        let flags = words[3..n - 3].join(" ");
-        events.push(Event::Branch {
-            tid: words[0].parse().unwrap(),
-            cpu: cpu.parse().unwrap(),
-            time: parse_time(words[2]),
-            flags: BranchFlags::from_perf_name(&flags)
-                .unwrap_or_else(|| panic!("unknown perf flags {flags:?}"))
-                .bits(),
-            from: hex(words[n - 3]),
-            to: hex(words[n - 1]),
-        });
-    }
-    events
-}
-
-/// The value of `"key":` in a flat JSON object (numbers and plain strings only).
-fn json_field<'a>(line: &'a str, key: &str) -> &'a str {
-    let pat = format!("\"{key}\":");
-    let at = line.find(&pat).unwrap_or_else(|| panic!("{key} in {line}")) + pat.len();
-    let rest = &line[at..];
-    if let Some(rest) = rest.strip_prefix('"') {
-        &rest[..rest.find('"').expect("closing quote")]
-    } else {
-        let end = rest.find([',', '}']).expect("end of value");
-        &rest[..end]
-    }
-}
-
-fn parse_ptlens(text: &str) -> Vec<Event> {
-    text.lines()
-        .map(|line| {
-            let num = |k: &str| json_field(line, k).parse::<i64>().unwrap();
-            match json_field(line, "type") {
-                "branch" => Event::Branch {
-                    tid: num("tid") as i32,
-                    cpu: num("cpu") as i32,
-                    time: num("time") as u64,
-                    flags: num("flag_bits") as u32,
-                    from: hex(json_field(line, "from")),
-                    to: hex(json_field(line, "to")),
-                },
-                "error" => Event::Error {
-                    tid: num("tid") as i32,
-                    cpu: num("cpu") as i32,
-                    time: num("time") as u64,
-                    ip: hex(json_field(line, "ip")),
-                    code: num("code") as u32,
-                },
-                other => panic!("unknown type {other}"),
-            }
-        })
-        .collect()
-}
-
-fn samples() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(perf_support::repo().join("samples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("perf.data").is_file())
-        .collect();
-    dirs.sort();
-    dirs
-}
 
 fn perf_events(dir: &Path) -> Vec<Event> {
     let out = Command::new("perf")
@@ -180,7 +24,7 @@ fn perf_events(dir: &Path) -> Vec<Event> {
         .arg(dir)
         .args(["script", "-i"])
         .arg(dir.join("perf.data"))
-        .args(["--itrace=be", "-F", "tid,cpu,time,flags,ip,addr", "--ns"])
+        .args(PERF_SCRIPT_ARGS)
         .output()
         .expect("run perf script");
     assert!(out.status.success(), "perf script failed: {out:?}");
@@ -200,23 +44,6 @@ fn ptlens_events(dir: &Path) -> Vec<Event> {
         String::from_utf8_lossy(&out.stderr)
     );
     parse_ptlens(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The first difference of two streams, with a little context, or None.
-fn first_difference(perf: &[Event], ours: &[Event]) -> Option<String> {
-    let at = perf
-        .iter()
-        .zip(ours)
-        .position(|(a, b)| a != b)
-        .or_else(|| (perf.len() != ours.len()).then(|| perf.len().min(ours.len())))?;
-    let lo = at.saturating_sub(2);
-    Some(format!(
-        "first difference at event {at} (perf {} events, ptlens {}):\n perf:   {:?}\n ptlens: {:?}",
-        perf.len(),
-        ours.len(),
-        &perf[lo..(at + 3).min(perf.len())],
-        &ours[lo..(at + 3).min(ours.len())]
-    ))
 }
 
 fn per_cpu(events: &[Event]) -> std::collections::BTreeMap<i32, Vec<Event>> {

@@ -25,102 +25,16 @@
 //! On a cut file `perf script` dies of SIGBUS (see ARCHITECTURE.md); ptlens refuses the file
 //! with one error naming it and the record's offset.
 
+#[path = "support/branch_stream.rs"]
+mod branch_stream;
 #[path = "perf_support.rs"]
 mod perf_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A branch or error event, the fields both tools print.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
-    Branch {
-        tid: i64,
-        flags: String,
-        from: u64,
-        to: u64,
-    },
-    Error {
-        tid: i64,
-        ip: u64,
-        code: u32,
-    },
-}
-
-impl Event {
-    fn is_error(&self) -> bool {
-        matches!(self, Event::Error { .. })
-    }
-}
-
-fn hex(text: &str) -> u64 {
-    u64::from_str_radix(text.trim_start_matches("0x"), 16).expect("hex")
-}
-
-/// The value of `"key":` in a flat JSON object.
-fn json_field<'a>(line: &'a str, key: &str) -> &'a str {
-    let pat = format!("\"{key}\":");
-    let at = line.find(&pat).unwrap_or_else(|| panic!("{key} in {line}")) + pat.len();
-    let rest = &line[at..];
-    if let Some(rest) = rest.strip_prefix('"') {
-        &rest[..rest.find('"').expect("closing quote")]
-    } else {
-        &rest[..rest.find([',', '}']).expect("end of value")]
-    }
-}
-
-fn parse_ptlens(text: &str) -> Vec<Event> {
-    text.lines()
-        .map(|line| {
-            let tid = json_field(line, "tid").parse().unwrap();
-            match json_field(line, "type") {
-                "branch" => Event::Branch {
-                    tid,
-                    // perf pads some flag names ("tr end  syscall"); words are what count.
-                    flags: json_field(line, "flags")
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    from: hex(json_field(line, "from")),
-                    to: hex(json_field(line, "to")),
-                },
-                _ => Event::Error {
-                    tid,
-                    ip: hex(json_field(line, "ip")),
-                    code: json_field(line, "code").parse().unwrap(),
-                },
-            }
-        })
-        .collect()
-}
-
-/// `perf script --itrace=be -F tid,flags,ip,addr` lines.
-fn parse_perf(text: &str) -> Vec<Event> {
-    let mut events = Vec::new();
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.is_empty() {
-            continue;
-        }
-        if line.contains("instruction trace error") {
-            let field = |name: &str| words[words.iter().position(|w| *w == name).unwrap() + 1];
-            events.push(Event::Error {
-                tid: field("tid").parse().unwrap(),
-                ip: hex(field("ip")),
-                code: field("code").trim_end_matches(':').parse().unwrap(),
-            });
-        } else if words.len() >= 4 && words[words.len() - 2] == "=>" {
-            let n = words.len();
-            events.push(Event::Branch {
-                tid: words[0].parse().unwrap(),
-                flags: words[1..n - 3].join(" "),
-                from: hex(words[n - 3]),
-                to: hex(words[n - 1]),
-            });
-        }
-    }
-    events
-}
+use branch_stream::{first_difference, parse_perf, parse_ptlens, Event, PERF_SCRIPT_ARGS};
+use perf_support::samples;
 
 /// An AUXTRACE record: where the record starts, where its payload starts, its payload size.
 #[derive(Debug, Clone, Copy)]
@@ -196,16 +110,6 @@ impl Rng {
     }
 }
 
-fn samples() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(perf_support::repo().join("samples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("perf.data").is_file())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
 fn ptlens(args: &[&str], file: &Path, buildid_dir: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ptlens"))
         .args(args)
@@ -244,7 +148,13 @@ fn run_clean(file: &Path, buildid_dir: &Path, with_lines: bool) -> Option<Vec<Ev
         );
         if out.status.success() {
             if args[0] == "branches" {
-                events = Some(parse_ptlens(&String::from_utf8_lossy(&out.stdout)));
+                // Compared as perf's would be without CPU and time: thread, flags, from, to.
+                events = Some(
+                    parse_ptlens(&String::from_utf8_lossy(&out.stdout))
+                        .iter()
+                        .map(Event::threadwise)
+                        .collect(),
+                );
             } else {
                 let json = String::from_utf8_lossy(&out.stdout);
                 assert!(json.contains("\"schema\""), "lines json: {json}");
@@ -266,12 +176,15 @@ fn perf_events(file: &Path, buildid_dir: &Path) -> Option<Vec<Event>> {
         .arg(buildid_dir)
         .args(["script", "-i"])
         .arg(file)
-        .args(["--itrace=be", "-F", "tid,flags,ip,addr"])
+        .args(PERF_SCRIPT_ARGS)
         .output()
         .ok()?;
-    out.status
-        .success()
-        .then(|| parse_perf(&String::from_utf8_lossy(&out.stdout)))
+    out.status.success().then(|| {
+        parse_perf(&String::from_utf8_lossy(&out.stdout))
+            .iter()
+            .map(Event::threadwise)
+            .collect()
+    })
 }
 
 /// Writes `data` as `dir/NAME/perf.data`.
@@ -301,29 +214,6 @@ fn remove_in_data(data: &mut Vec<u8>, at: usize, cut: usize) {
     }
 }
 
-/// Where two streams first differ, with a few events of context, or None.
-fn first_difference(perf: &[Event], ours: &[Event]) -> Option<String> {
-    let at = perf
-        .iter()
-        .zip(ours)
-        .position(|(a, b)| a != b)
-        .or_else(|| (perf.len() != ours.len()).then(|| perf.len().min(ours.len())))?;
-    let lo = at.saturating_sub(2);
-    Some(format!(
-        "at event {at} (perf {} events, ptlens {}):\n perf:   {:?}\n ptlens: {:?}",
-        perf.len(),
-        ours.len(),
-        &perf[lo..(at + 3).min(perf.len())],
-        &ours[lo..(at + 3).min(ours.len())]
-    ))
-}
-
-fn tid_of(e: &Event) -> i64 {
-    match e {
-        Event::Branch { tid, .. } | Event::Error { tid, .. } => *tid,
-    }
-}
-
 /// The undamaged events of the sample, the reference.
 struct Reference {
     events: Vec<Event>,
@@ -339,12 +229,12 @@ impl Reference {
     /// As `check_prefix`, thread by thread: where a queue ends early (a short payload), the
     /// other queues' later events take its place in the global order.
     fn check_prefix_per_thread(&self, damaged: &[Event], what: &str) {
-        let mut tids: Vec<i64> = self.events.iter().map(tid_of).collect();
+        let mut tids: Vec<i32> = self.events.iter().map(Event::tid).collect();
         tids.sort_unstable();
         tids.dedup();
         for t in tids {
             let of = |events: &[Event]| -> Vec<Event> {
-                events.iter().filter(|e| tid_of(e) == t).cloned().collect()
+                events.iter().filter(|e| e.tid() == t).cloned().collect()
             };
             Self::check_prefix_of(&of(damaged), &of(&self.events), &format!("{what}, tid {t}"));
         }
@@ -371,17 +261,13 @@ impl Reference {
             panic!("{what}: no error");
         };
         let of_tid = |events: &[Event]| -> Vec<Event> {
-            events
-                .iter()
-                .filter(|e| tid_of(e) == *tid)
-                .cloned()
-                .collect()
+            events.iter().filter(|e| e.tid() == *tid).cloned().collect()
         };
         let (damaged, reference) = (of_tid(damaged), of_tid(&self.events));
         let last_error = damaged.iter().rposition(Event::is_error).expect("an error");
         let mut tail = &damaged[last_error + 1..];
         assert!(!tail.is_empty(), "{what}: nothing decoded after the error");
-        if matches!(&tail[0], Event::Branch { flags, .. } if flags == "tr strt") {
+        if tail[0].is_branch("tr strt") {
             tail = &tail[1..];
         }
         assert!(

@@ -31,19 +31,6 @@ fn file_name(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
-/// Every sample. `threads` is included although its branch stream differs from perf's in
-/// order and thread attribution (see `branches_perf.rs`): per-line counts ignore both.
-fn samples() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(perf_support::repo().join("samples"))
-        .expect("samples directory")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("perf.data").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn sample(name: &str) -> PathBuf {
     perf_support::repo().join("samples").join(name)
 }
@@ -177,8 +164,10 @@ fn taken_per_line_equals_perf_branch_samples() {
         return;
     }
     let mut failures = Vec::new();
-    for name in samples() {
-        let dir = sample(&name);
+    // Every sample. `threads` is included although its branch stream differs from perf's in
+    // order and thread attribution (see `branches_perf.rs`): per-line counts ignore both.
+    for dir in perf_support::samples() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let perf = perf_per_line(&dir, "--itrace=b");
         let ours = ptlens_per_line(&ptlens_json(&dir), "taken");
         let total: u64 = perf.lines.values().sum();

@@ -76,3 +76,14 @@ pub fn ptlens_counts(file: &std::path::Path) -> std::collections::BTreeMap<Strin
     }
     counts
 }
+
+/// The sample folders (`samples/*` holding a `perf.data`), sorted.
+pub fn samples() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo().join("samples"))
+        .expect("samples directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("perf.data").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
