@@ -5,12 +5,17 @@
 //! perf 6.1, errors included, in perf's order.
 
 mod event;
+mod filter;
 mod image;
 mod kernel;
 mod pipeline;
 mod queue;
 
 pub use event::{error_code, BranchEvent, BranchFlags, BranchKind, Origin, TraceError};
+pub use filter::{
+    address_filter, mapped_address, parse_filter, resolve_entry, FilterAction, FilterEntry,
+    FilterParseError,
+};
 pub use image::RecordingImage;
 pub use kernel::{is_kernel_map, vmlinux_address, KernelCode, KERNEL_NAME};
 pub use pipeline::{

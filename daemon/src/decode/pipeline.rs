@@ -16,6 +16,7 @@ use crate::pt::flow::{Block, BlockConfig, EventConfig};
 use crate::sideband::{Instant, Model, When};
 
 use super::event::{error_code, BranchEvent, BranchKind, Origin, TraceError};
+use super::filter::{address_filter, parse_filter, FilterEntry, FilterParseError};
 use super::image::RecordingImage;
 use super::queue::{QueueDecoder, State, StateKind};
 
@@ -26,6 +27,9 @@ pub enum DecodeError {
     Perf(#[from] crate::perf::Error),
     #[error("the recording has no Intel PT trace (no AUXTRACE_INFO)")]
     NoIntelPt,
+    /// The recorded address filter string is malformed (perf refuses to decode it too).
+    #[error(transparent)]
+    Filter(#[from] FilterParseError),
 }
 
 /// One run of instructions as the flow decoder walked it, with who ran it; for counting.
@@ -188,6 +192,7 @@ pub fn decode(
         image,
         traces,
         config,
+        filter,
     } = prepare(recording, model, binaries)?;
     let total: u64 = traces.iter().map(|t| t.3.len() as u64).sum();
     let image_ref: &dyn crate::pt::flow::Image = &image;
@@ -197,7 +202,11 @@ pub fn decode(
             idx: *idx,
             tid: *tid,
             cpu: *cpu,
-            decoder: QueueDecoder::new(bytes, image_ref, config),
+            decoder: QueueDecoder::new(
+                bytes,
+                image_ref,
+                queue_config(model, &filter, config, *tid),
+            ),
             timestamp: 0,
             segment_tsc: (None, 0, 0),
             pending: None,
@@ -214,6 +223,43 @@ struct Prepared<'m> {
     /// Per AUX queue: index, tid, cpu, its buffers joined.
     traces: Vec<(u32, i32, i32, Vec<u8>)>,
     config: BlockConfig,
+    /// The recorded address filter's entries, when the recording has a non-empty one.
+    filter: Option<Vec<FilterEntry>>,
+}
+
+/// `config` with the recorded address filter resolved for the queue of thread `tid` (-1 for a
+/// per-CPU queue); `config` unchanged when the recording has no filter.
+///
+/// Limitation: file offsets are resolved once per queue, at the first (earliest-made) map of
+/// the file in the queue's process (any process for a per-CPU queue), not per process and time
+/// as perf does at each TIP.PGD; a file mapped at different addresses over the queue's life, or
+/// in different processes on one CPU, gets the first address only.
+fn queue_config(
+    model: &Model,
+    filter: &Option<Vec<FilterEntry>>,
+    config: BlockConfig,
+    tid: i32,
+) -> BlockConfig {
+    let Some(entries) = filter.as_ref().filter(|e| !e.is_empty()) else {
+        return config;
+    };
+    let host = model.host();
+    let pids: Vec<i32> = host
+        .threads()
+        .iter()
+        .filter(|t| t.tid == tid && t.pid > 0)
+        .map(|t| t.pid)
+        .collect();
+    let maps: Vec<&crate::sideband::Map> = host
+        .processes()
+        .iter()
+        .filter(|p| tid == -1 || pids.contains(&p.pid))
+        .flat_map(|p| p.address_space().maps())
+        .collect();
+    BlockConfig {
+        filter: address_filter(entries, maps.iter().copied()),
+        ..config
+    }
 }
 
 fn prepare<'m>(
@@ -282,11 +328,17 @@ fn prepare<'m>(
         },
         ..BlockConfig::default()
     };
+    // Only a recording with a non-empty filter string gets address ranges.
+    let filter = match pt.filter.as_deref() {
+        Some(text) => Some(parse_filter(text)?).filter(|e| !e.is_empty()),
+        None => None,
+    };
     Ok(Prepared {
         times,
         image,
         traces,
         config,
+        filter,
     })
 }
 
@@ -594,6 +646,7 @@ pub fn decode_segments(
         image,
         traces,
         config,
+        filter,
     } = prepare(recording, model, binaries)?;
     let image_ref: &dyn crate::pt::flow::Image = &image;
     let mut run = Runner {
@@ -626,7 +679,11 @@ pub fn decode_segments(
             idx: *idx,
             tid: *tid,
             cpu: *cpu,
-            decoder: QueueDecoder::new(bytes, image_ref, config),
+            decoder: QueueDecoder::new(
+                bytes,
+                image_ref,
+                queue_config(model, &filter, config, *tid),
+            ),
             timestamp: seg.queue_tsc,
             segment_tsc: (None, 0, 0),
             pending: None,
