@@ -49,6 +49,9 @@ pub struct Config {
     /// previous one precedes the CYC-eligible packets of each cycle (TNT — at its first branch —, TIP,
     /// TIP.PGE, TIP.PGD, MODE.Exec, MTC, TSC, OVF).
     pub cyc: bool,
+    /// An address filter (perf's `--filter 'filter …'`): the run-time IPs traced. Tracing is on only
+    /// inside: a branch out writes TIP.PGD with its target, the first instruction back TIP.PGE.
+    pub filter: Option<std::ops::Range<u64>>,
 }
 
 /// A simulated internal buffer overflow: the packets of `lost` instructions from instruction number
@@ -77,6 +80,7 @@ impl Default for Config {
             overflow: None,
             aux_split: 0,
             cyc: false,
+            filter: None,
         }
     }
 }
@@ -315,6 +319,11 @@ impl<'a> Encoder<'a> {
         let n = self.executed;
         self.executed += 1;
         self.produced_packet = false;
+        if self.cfg.filter.as_ref().is_some_and(|r| !r.contains(&ip)) {
+            // Outside the filter region: no packets.
+            self.advance(1);
+            return true;
+        }
         if self.lose(n, ip, kind) {
             self.advance(1);
             return false;
@@ -339,6 +348,15 @@ impl<'a> Encoder<'a> {
             }
             return true;
         };
+        let leaves_filter = self.cfg.filter.as_ref().is_some_and(|r| !r.contains(&next));
+        if leaves_filter && !matches!(kind, Kind::Syscall | Kind::Far) {
+            if kind == Kind::Return {
+                // perf's decoder pops for every return it walks, this one included.
+                self.returns.pop_back();
+            }
+            self.leave_filter(next);
+            return true;
+        }
         match kind {
             Kind::Other | Kind::DirectJump | Kind::DirectCall { .. } => {}
             Kind::Conditional => self.tnt(next != fallthrough),
@@ -451,6 +469,16 @@ impl<'a> Encoder<'a> {
         self.stats.pgd += 1;
         self.enabled = false;
         self.advance(self.cfg.kernel_ticks);
+    }
+
+    /// A branch leaves the filter region: TIP.PGD with its target, no TNT bit for a conditional one
+    /// (perf recognises a direct or conditional exit by checking the target against the filter).
+    fn leave_filter(&mut self, target: u64) {
+        self.produced_packet = true;
+        self.flush_tnt();
+        self.ip_packet(TIP_PGD, target);
+        self.stats.pgd += 1;
+        self.enabled = false;
     }
 
     /// The CPU switches to another task. Tracing is already off (the outgoing task entered the kernel);

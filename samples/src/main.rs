@@ -70,6 +70,10 @@ enum Command {
         /// Testing aid: invert the Nth TNT outcome so the trace no longer matches the program.
         #[arg(long, hide = true)]
         corrupt_tnt: Option<u64>,
+        /// Trace only an address range, as perf's `--filter`: 'filter 0xOFFSET/0xSIZE@BINARY' (a file
+        /// offset and size within BINARY). Per-thread recordings only.
+        #[arg(long, value_name = "FILTER", value_parser = parse_filter)]
+        filter: Option<recording::AddrFilter>,
         /// Check the recording with perf afterwards.
         #[arg(long)]
         check: bool,
@@ -133,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             corrupt_tnt,
             overflow_at,
             overflow_lost,
+            filter,
             check,
             program,
         } => {
@@ -161,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                 timeless,
                 per_cpu,
                 quantum,
+                filter,
             };
             let (prog, args) = program.split_first().context("no program given")?;
             let rec = recording::record(prog, args, &out, &opts)
@@ -233,6 +239,10 @@ fn run_check(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     eprintln!("perf agrees: {verdict}");
     Ok(())
+}
+
+fn parse_filter(text: &str) -> Result<recording::AddrFilter, String> {
+    recording::AddrFilter::parse(text)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

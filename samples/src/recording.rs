@@ -24,6 +24,82 @@ pub struct Options {
     pub per_cpu: Option<u32>,
     /// Instructions a task runs before it is preempted for a waiting one (per-CPU recordings).
     pub quantum: u64,
+    /// An address filter (per-thread recordings only): trace only this part of a binary.
+    pub filter: Option<AddrFilter>,
+}
+
+/// perf's `--filter 'filter 0xOFFSET/0xSIZE@BINARY'`: trace only the `size` bytes at file offset
+/// `offset` of `binary`. perf stores it in AUXTRACE_INFO resolved, as [`AddrFilter::perf_string`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrFilter {
+    pub offset: u64,
+    pub size: u64,
+    /// As the MMAP2 record names it (the canonical path).
+    pub binary: String,
+}
+
+impl AddrFilter {
+    /// Parses `filter 0xOFFSET/0xSIZE@BINARY` (spaces around `@` allowed; decimal numbers too) and
+    /// canonicalises BINARY.
+    pub fn parse(text: &str) -> Result<AddrFilter, String> {
+        let bad =
+            || format!("not an address filter: {text:?} (want 'filter 0xOFFSET/0xSIZE@BINARY')");
+        let rest = text.trim().strip_prefix("filter").ok_or_else(bad)?;
+        let (range, binary) = rest.split_once('@').ok_or_else(bad)?;
+        let (offset, size) = range.trim().split_once('/').ok_or_else(bad)?;
+        let num = |t: &str| {
+            let t = t.trim();
+            match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => t.parse().ok(),
+            }
+        };
+        let (offset, size) = (num(offset).ok_or_else(bad)?, num(size).ok_or_else(bad)?);
+        if size == 0 {
+            return Err(bad());
+        }
+        let binary = binary.trim();
+        let canonical =
+            std::fs::canonicalize(binary).map_err(|e| format!("filter binary {binary}: {e}"))?;
+        Ok(AddrFilter {
+            offset,
+            size,
+            binary: canonical.to_string_lossy().into_owned(),
+        })
+    }
+
+    /// The string perf writes into AUXTRACE_INFO after priv[16].
+    pub fn perf_string(&self) -> String {
+        format!("filter {:#x}/{:#x}@{}", self.offset, self.size, self.binary)
+    }
+
+    /// The run-time addresses of the region in a process with these mappings, if one maps it.
+    pub fn runtime_range<'a>(
+        &self,
+        maps: impl IntoIterator<Item = &'a Mapping>,
+    ) -> Option<std::ops::Range<u64>> {
+        maps.into_iter().find_map(|m| {
+            let len = m.end - m.start;
+            (m.path == self.binary && self.offset >= m.pgoff && self.offset < m.pgoff + len).then(
+                || {
+                    let start = m.start + (self.offset - m.pgoff);
+                    start..start + self.size
+                },
+            )
+        })
+    }
+}
+
+/// AUXTRACE_INFO's words after priv[16]: the filter string, NUL-terminated, padded to 8 bytes (priv[16]
+/// holds its length without the NUL).
+pub(crate) fn filter_words(filter: &str) -> Vec<u64> {
+    let mut bytes = filter.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.resize(bytes.len().div_ceil(8) * 8, 0);
+    bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
 }
 
 impl Default for Options {
@@ -34,6 +110,7 @@ impl Default for Options {
             timeless: false,
             per_cpu: None,
             quantum: sched::Options::default().quantum,
+            filter: None,
         }
     }
 }
@@ -44,6 +121,8 @@ pub enum RecordError {
     Trace(#[from] TraceError),
     #[error(transparent)]
     BuildId(#[from] BuildIdError),
+    #[error("{0}")]
+    Filter(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -179,6 +258,11 @@ pub fn record(
     opts: &Options,
 ) -> Result<Recording, RecordError> {
     if let Some(cpus) = opts.per_cpu {
+        if opts.filter.is_some() {
+            return Err(RecordError::Filter(
+                "an address filter is supported for per-thread recordings only".into(),
+            ));
+        }
         let sched_opts = sched::Options {
             trace: opts.trace.clone(),
             cpus,
@@ -196,15 +280,35 @@ pub fn record(
 /// Writes the recording of an execution into `dir`.
 pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recording, RecordError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let encoded = encode::encode(&execution.events, &opts.encode);
+    let mut cfg = opts.encode.clone();
+    if let Some(f) = &opts.filter {
+        let maps = execution.events.iter().filter_map(|e| match e {
+            Event::Map(m) => Some(m),
+            _ => None,
+        });
+        let range = f.runtime_range(maps).ok_or_else(|| {
+            RecordError::Filter(format!(
+                "the filter region {:#x}/{:#x} of {} was never mapped executable",
+                f.offset, f.size, f.binary
+            ))
+        })?;
+        cfg.filter = Some(range);
+    }
+    let encoded = encode::encode(&execution.events, &cfg);
     let tc = TimeConv::DEFAULT;
     let pid = execution.pid;
     let pt_id = 1;
     let pmu_type = intel_pt_pmu_type();
 
-    let attr = per_thread_attr(&opts.encode, pmu_type, pt_id);
+    let attr = per_thread_attr(&cfg, pmu_type, pt_id);
     let mut pd = PerfData::new(vec![attr]);
-    pd.auxtrace_info(&auxtrace_priv(&tc, &opts.encode, opts.timeless, pmu_type));
+    let mut priv_ = auxtrace_priv(&tc, &cfg, opts.timeless, pmu_type);
+    if let Some(f) = &opts.filter {
+        let text = f.perf_string();
+        priv_[16] = text.len() as u64;
+        priv_.extend(filter_words(&text));
+    }
+    pd.auxtrace_info(&priv_);
     pd.time_conv(tc.shift, tc.mult, tc.zero, !opts.timeless);
 
     let sid = |tsc: u64| SampleId {
@@ -253,7 +357,9 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e {
-            Event::Insn { ip, .. } => Some((i, execution.pid, *ip)),
+            Event::Insn { ip, .. } if cfg.filter.as_ref().is_none_or(|r| r.contains(ip)) => {
+                Some((i, execution.pid, *ip))
+            }
             _ => None,
         });
     let perf_data = write_files(dir, &pd, insns, &encoded.lost, encoded.stats.overflows)?;
