@@ -13,7 +13,8 @@ use crate::recording::{self, RecordError, Recording, GROUND_TRUTH};
 
 pub const SOURCE: &str = "prog.c";
 /// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`, `per_cpu`,
-/// `quantum`, `aux_split`), `#` comments.
+/// `quantum`, `aux_split`, `filter_function`: an address filter on that function of the program, its
+/// file offset and size found at regeneration with `nm -S` and `readelf -lW`), `#` comments.
 pub const OPTIONS: &str = "synth-options";
 pub const REFERENCE: &str = "perf-script-be.txt.zst";
 
@@ -98,7 +99,7 @@ pub fn regenerate(
             std::fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
-    let opts = options(sample_dir, opts)?;
+    let opts = options(sample_dir, opts, &binary)?;
     let rec = recording::record(binary.to_str().unwrap_or(&name), &[], out, &opts)?;
     std::fs::remove_file(&binary).map_err(io_err(&binary))?;
 
@@ -115,10 +116,12 @@ pub fn regenerate(
     Ok((rec, verdict))
 }
 
-/// The sample's record options: `base` plus what its `synth-options` file says.
+/// The sample's record options: `base` plus what its `synth-options` file says (`binary`: the built
+/// program, for `filter_function`).
 pub fn options(
     sample_dir: &Path,
     base: &recording::Options,
+    binary: &Path,
 ) -> Result<recording::Options, SampleError> {
     let mut opts = base.clone();
     let path = sample_dir.join(OPTIONS);
@@ -141,6 +144,21 @@ pub fn options(
             line: line.to_string(),
         };
         let (key, value) = line.split_once('=').ok_or_else(bad)?;
+        if key.trim() == "filter_function" {
+            let (offset, size) =
+                function_offset(binary, value.trim()).map_err(|what| SampleError::BadOption {
+                    path: path.clone(),
+                    line: format!("{line}: {what}"),
+                })?;
+            let text = format!("filter {offset:#x}/{size:#x}@{}", binary.display());
+            let filter =
+                recording::AddrFilter::parse(&text).map_err(|what| SampleError::BadOption {
+                    path: path.clone(),
+                    line: format!("{line}: {what}"),
+                })?;
+            opts.filter = Some(filter);
+            continue;
+        }
         let value: u64 = value.trim().parse().map_err(|_| bad())?;
         match key.trim() {
             "overflow_at" => {
@@ -158,6 +176,48 @@ pub fn options(
         opts.encode.overflow = Some(overflow);
     }
     Ok(opts)
+}
+
+fn tool_output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The file offset and size of the function `symbol` in `binary` (`nm -S`, then the `LOAD` segment
+/// holding it, from `readelf -lW`).
+pub fn function_offset(binary: &Path, symbol: &str) -> Result<(u64, u64), String> {
+    let hex = |t: &str| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+    let nm = tool_output(Command::new("nm").arg("-S").arg(binary))?;
+    let (addr, size) = nm
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() == 4 && f[3] == symbol && matches!(f[2], "T" | "t") {
+                Some((hex(f[0])?, hex(f[1])?))
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| format!("no function {symbol} in {}", binary.display()))?;
+    let segs = tool_output(Command::new("readelf").arg("-lW").arg(binary))?;
+    let offset = segs
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .find_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .take(5)
+                .filter_map(hex)
+                .collect();
+            let (off, vaddr, filesz) = (*f.first()?, *f.get(1)?, *f.get(3)?);
+            (addr >= vaddr && addr < vaddr + filesz).then(|| addr - vaddr + off)
+        })
+        .ok_or_else(|| format!("no LOAD segment of {} holds {addr:#x}", binary.display()))?;
+    Ok((offset, size))
 }
 
 /// Every directory under `root` that holds a `prog.c`, sorted.

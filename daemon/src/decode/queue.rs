@@ -45,6 +45,8 @@ pub(crate) struct State {
 struct Pending {
     from: u64,
     to: u64,
+    /// A direct branch: `to` is its target, known without trace.
+    direct: bool,
     flags: u32,
     tsc: u64,
     segment: Option<usize>,
@@ -377,6 +379,7 @@ impl<'a> QueueDecoder<'a> {
         self.pending = Some(Pending {
             from: last.ip,
             to,
+            direct,
             flags,
             // perf samples a branch at the time of the packet that decided it.
             tsc: block.tsc.unwrap_or(0),
@@ -397,9 +400,13 @@ impl<'a> QueueDecoder<'a> {
                 self.flush_pending();
                 self.push_branch(0, ip.unwrap_or(0), F::BRANCH | F::TRACE_BEGIN, tsc);
             }
-            // perf's trace end is sampled at the TIP.PGD.
-            EventKind::Disabled { .. } => match self.pending.take() {
-                Some(p) => self.push_branch_in(p.segment, p.from, 0, p.flags | F::TRACE_END, tsc),
+            // perf's trace end is sampled at the TIP.PGD. Its target: a direct branch's own (one
+            // leaving the filter region), else the TIP.PGD's IP if it has one.
+            EventKind::Disabled { ip } => match self.pending.take() {
+                Some(p) => {
+                    let to = if p.direct { p.to } else { ip.unwrap_or(0) };
+                    self.push_branch_in(p.segment, p.from, to, p.flags | F::TRACE_END, tsc)
+                }
                 None => self.push_branch(ip_before, 0, F::BRANCH | F::TRACE_END, tsc),
             },
             EventKind::AsyncDisabled { at, .. } => {
