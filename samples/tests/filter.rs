@@ -6,83 +6,25 @@
 //! Needs `perf`, `gcc`, `nm` and `readelf`; prints why it skips when one is missing, unless
 //! `PTLENS_REQUIRE_PERF=1`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ptlens_synth::{check, recording};
+use ptlens_synth::{check, recording, sample};
 use support::{scratch, tools_or_skip};
 
 mod support;
 
-/// `hot` is called 6 times from a loop in `main`, and calls `helper`, outside the region, from a loop
-/// of its own; `helper` loops too (conditional branches a decoder ignoring the filter trips over).
-const PROG: &str = r#"
-#include <stdio.h>
-
-__attribute__((noinline)) static long helper(long x) {
-    long s = 0;
-    for (long i = 0; i < (x & 7) + 2; i++)
-        s += i * x;
-    return s;
+/// The committed filter sample's program: `hot` is called from a loop in `main` and calls `helper`,
+/// outside the region, from a loop of its own; `helper` loops too (conditional branches a decoder
+/// ignoring the filter trips over).
+fn program() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("filter/prog.c")
 }
-
-__attribute__((noinline)) long hot(long n) {
-    long acc = 0;
-    for (long i = 0; i < n; i++) {
-        if (i & 1)
-            acc += helper(i);
-        else
-            acc ^= i;
-    }
-    return acc;
-}
-
-int main(void) {
-    long total = 0;
-    for (int k = 0; k < 6; k++)
-        total += hot(k + 3);
-    printf("%ld\n", total);
-    return 0;
-}
-"#;
 
 fn output(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The file offset and size of `symbol` in `binary` (`nm -S`, then the LOAD segment holding it).
-fn symbol_offset(binary: &Path, symbol: &str) -> (u64, u64) {
-    let nm = output(Command::new("nm").arg("-S").arg(binary));
-    let (addr, size) = nm
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 4 && f[3] == symbol).then(|| {
-                (
-                    u64::from_str_radix(f[0], 16).unwrap(),
-                    u64::from_str_radix(f[1], 16).unwrap(),
-                )
-            })
-        })
-        .unwrap_or_else(|| panic!("{symbol} not in nm -S output:\n{nm}"));
-    let segs = output(Command::new("readelf").arg("-lW").arg(binary));
-    let offset = segs
-        .lines()
-        .filter(|l| l.trim_start().starts_with("LOAD"))
-        .find_map(|l| {
-            let f: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .take(5)
-                .map(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).unwrap())
-                .collect();
-            let (off, vaddr, filesz) = (f[0], f[1], f[3]);
-            (addr >= vaddr && addr < vaddr + filesz).then(|| addr - vaddr + off)
-        })
-        .unwrap_or_else(|| panic!("no LOAD segment holds {addr:#x}:\n{segs}"));
-    (offset, size)
 }
 
 #[test]
@@ -94,8 +36,7 @@ fn filtered_recording_decodes_to_the_region_only_and_needs_the_filter() {
         return;
     }
     let work = scratch("filter-work");
-    let src = work.join("prog.c");
-    std::fs::write(&src, PROG).unwrap();
+    let src = program();
     let bin = work.join("prog");
     output(
         Command::new("gcc")
@@ -103,7 +44,7 @@ fn filtered_recording_decodes_to_the_region_only_and_needs_the_filter() {
             .arg(&bin)
             .arg(&src),
     );
-    let (offset, size) = symbol_offset(&bin, "hot");
+    let (offset, size) = sample::function_offset(&bin, "hot").unwrap();
     let filter =
         recording::AddrFilter::parse(&format!("filter {offset:#x}/{size:#x} @ {}", bin.display()))
             .unwrap();
@@ -120,7 +61,7 @@ fn filtered_recording_decodes_to_the_region_only_and_needs_the_filter() {
     };
     let rec = recording::record(bin.to_str().unwrap(), &[], &dir, &opts).unwrap();
     assert_eq!(rec.exit_code, 0);
-    // 6 calls in, 6 returns out; each call of helper leaves and comes back.
+    // Every call in and every return out; each call of helper leaves and comes back.
     let s = rec.stats;
     assert!(s.pge >= 12 && s.pge == s.pgd, "{s:?}");
 
