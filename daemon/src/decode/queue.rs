@@ -116,8 +116,9 @@ pub(crate) struct QueueDecoder<'a> {
     /// packet layer reads it ahead), so blocks walked up to a PSB+ belong to the segment
     /// before it, as a decode of that segment alone walks them.
     segment: Option<usize>,
-    /// Decoding one segment alone: stop once its states are all out.
-    only: Option<usize>,
+    /// Decoding a run of segments alone (the PSB offsets `start..end`): stop once their
+    /// states are all out.
+    only: Option<(usize, usize)>,
 }
 
 impl<'a> QueueDecoder<'a> {
@@ -148,7 +149,14 @@ impl<'a> QueueDecoder<'a> {
     /// Decodes only the PSB segment at `psb`: [`Self::next_state`] hands out its states and
     /// stops once the flow has moved past it.
     pub fn only_segment(&mut self, psb: usize) {
-        self.only = Some(psb);
+        self.only_segments(psb, psb.saturating_add(1));
+    }
+
+    /// Decodes only the PSB segments whose PSB lies in `start..end`, from the PSB at `start`
+    /// on, as one stream: [`Self::next_state`] stops once the flow has moved past them.
+    pub fn only_segments(&mut self, start: usize, end: usize) {
+        let psb = start;
+        self.only = Some((start, end));
         match self.decoder.sync_set(psb) {
             Ok(status) => {
                 self.last_sync = Some(psb);
@@ -163,17 +171,22 @@ impl<'a> QueueDecoder<'a> {
         }
     }
 
-    /// With [`Self::only_segment`]: whether the flow has left the segment and no state of
-    /// it is held back.
-    fn left_segment(&self) -> bool {
+    /// Whether `segment` is one of those [`Self::only_segments`] decodes (every segment
+    /// when decoding the whole stream).
+    pub fn wanted(&self, segment: Option<usize>) -> bool {
         match self.only {
-            None => false,
-            Some(psb) => {
-                self.segment != Some(psb)
-                    && self.pending.is_none_or(|p| p.segment != Some(psb))
-                    && self.ready.iter().all(|s| s.segment != Some(psb))
-            }
+            None => true,
+            Some((start, end)) => segment.is_some_and(|s| (start..end).contains(&s)),
         }
+    }
+
+    /// With [`Self::only_segments`]: whether the flow has left the segments and no state of
+    /// them is held back.
+    fn left_segment(&self) -> bool {
+        self.only.is_some()
+            && !self.wanted(self.segment)
+            && self.pending.is_none_or(|p| !self.wanted(p.segment))
+            && self.ready.iter().all(|s| !self.wanted(s.segment))
     }
 
     /// Sets the address space code is read in from now on.
