@@ -8,6 +8,7 @@ mod event;
 mod filter;
 mod image;
 mod kernel;
+mod parallel;
 mod pipeline;
 mod queue;
 
@@ -18,6 +19,5 @@ pub use filter::{
 };
 pub use image::RecordingImage;
 pub use kernel::{is_kernel_map, vmlinux_address, KernelCode, KERNEL_NAME};
-pub use pipeline::{
-    decode, decode_segments, BlockRun, DecodeError, DecodeOptions, DecodeStats, SegmentRef, Sink,
-};
+pub use parallel::{decode_parallel, decode_segments, ParallelOptions};
+pub use pipeline::{decode, BlockRun, DecodeError, DecodeOptions, DecodeStats, SegmentRef, Sink};

@@ -69,6 +69,20 @@ pub trait Sink {
     fn event(&mut self, event: &BranchEvent);
     /// Every block, in decode order (blocks of one queue in trace order).
     fn block(&mut self, _run: &BlockRun<'_>) {}
+    /// A correction to the [`BlockRun::queue_tsc`] this sink was given for the segment at
+    /// `psb` of `queue` ([`decode_parallel`](super::decode_parallel) learns a chunk's
+    /// starting queue time only after decoding it).
+    fn segment_queue_tsc(&mut self, _queue: u32, _psb: u64, _queue_tsc: u64) {}
+    /// A block past the segments asked for, decoded only to settle their last branch: it is
+    /// not theirs to count (the next chunk counts it), but it says where control went.
+    fn beyond(&mut self, _run: &BlockRun<'_>) {}
+}
+
+/// Collects the events.
+impl Sink for Vec<BranchEvent> {
+    fn event(&mut self, event: &BranchEvent) {
+        self.push(event.clone());
+    }
 }
 
 impl<F: FnMut(&BranchEvent)> Sink for F {
@@ -97,17 +111,17 @@ pub struct DecodeOptions {
 }
 
 /// What perf keeps per queue (`struct intel_pt_queue`), as far as branches need it.
-struct Queue<'a> {
-    idx: u32,
-    tid: i32,
-    cpu: i32,
-    decoder: QueueDecoder<'a>,
+pub(super) struct Queue<'a> {
+    pub(super) idx: u32,
+    pub(super) tid: i32,
+    pub(super) cpu: i32,
+    pub(super) decoder: QueueDecoder<'a>,
     /// `ptq->timestamp`, in TSC.
-    timestamp: u64,
+    pub(super) timestamp: u64,
     /// The segment decoded last, `timestamp` before its first state, and its end.
-    segment_tsc: (Option<usize>, u64, u64),
+    pub(super) segment_tsc: (Option<usize>, u64, u64),
     /// The state decoded last, whose sample is synthesised when the queue resumes.
-    pending: Option<State>,
+    pub(super) pending: Option<State>,
 }
 
 /// perf's `auxtrace_heap` (util/auxtrace.c), ported as it is: which queue goes first when
@@ -216,15 +230,15 @@ pub fn decode(
 }
 
 /// What [`decode`] and [`decode_segments`] need from a recording before decoding.
-struct Prepared<'m> {
+pub(super) struct Prepared<'m> {
     /// Perf times of the sideband records.
-    times: Vec<u64>,
-    image: RecordingImage<'m>,
+    pub(super) times: Vec<u64>,
+    pub(super) image: RecordingImage<'m>,
     /// Per AUX queue: index, tid, cpu, its buffers joined.
-    traces: Vec<(u32, i32, i32, Vec<u8>)>,
-    config: BlockConfig,
+    pub(super) traces: Vec<(u32, i32, i32, Vec<u8>)>,
+    pub(super) config: BlockConfig,
     /// The recorded address filter's entries, when the recording has a non-empty one.
-    filter: Option<Vec<FilterEntry>>,
+    pub(super) filter: Option<Vec<FilterEntry>>,
 }
 
 /// `config` with the recorded address filter resolved for the queue of thread `tid` (-1 for a
@@ -234,7 +248,7 @@ struct Prepared<'m> {
 /// the file in the queue's process (any process for a per-CPU queue), not per process and time
 /// as perf does at each TIP.PGD; a file mapped at different addresses over the queue's life, or
 /// in different processes on one CPU, gets the first address only.
-fn queue_config(
+pub(super) fn queue_config(
     model: &Model,
     filter: &Option<Vec<FilterEntry>>,
     config: BlockConfig,
@@ -262,7 +276,7 @@ fn queue_config(
     }
 }
 
-fn prepare<'m>(
+pub(super) fn prepare<'m>(
     recording: &Recording<'_>,
     model: &'m Model,
     binaries: &'m BinaryCache,
@@ -412,7 +426,7 @@ const KERNEL_START: u64 = 1 << 63;
 
 /// A branch into user space from the kernel or from nowhere (a trace start), which perf
 /// times with its estimate.
-fn returns_to_user(kind: &StateKind) -> bool {
+pub(super) fn returns_to_user(kind: &StateKind) -> bool {
     match *kind {
         StateKind::Branch { from, to, .. } => {
             (from >= KERNEL_START || from == 0) && to != 0 && to < KERNEL_START
@@ -421,18 +435,35 @@ fn returns_to_user(kind: &StateKind) -> bool {
     }
 }
 
-struct Runner<'r> {
-    model: &'r Model,
-    image: &'r RecordingImage<'r>,
-    timeless: bool,
+pub(super) struct Runner<'r> {
+    pub(super) model: &'r Model,
+    pub(super) image: &'r RecordingImage<'r>,
+    pub(super) timeless: bool,
     /// Perf time of the last sideband record applied.
-    applied: Option<u64>,
+    pub(super) applied: Option<u64>,
     heap: AuxHeap,
-    sink: &'r mut dyn Sink,
-    stats: DecodeStats,
+    pub(super) sink: &'r mut dyn Sink,
+    pub(super) stats: DecodeStats,
 }
 
-impl Runner<'_> {
+impl<'r> Runner<'r> {
+    pub(super) fn new(
+        model: &'r Model,
+        image: &'r RecordingImage<'r>,
+        sink: &'r mut dyn Sink,
+        stats: DecodeStats,
+    ) -> Runner<'r> {
+        Runner {
+            model,
+            image,
+            timeless: model.pt.as_ref().is_some_and(|pt| pt.timeless_decoding()),
+            applied: None,
+            heap: AuxHeap::default(),
+            sink,
+            stats,
+        }
+    }
+
     fn when(&self) -> When {
         match self.applied {
             Some(t) => When::Time(t),
@@ -441,7 +472,7 @@ impl Runner<'_> {
     }
 
     /// perf's `intel_pt_set_pid_tid_cpu`: who the queue's samples belong to now.
-    fn origin(&self, q: &Queue<'_>) -> Origin {
+    pub(super) fn origin(&self, q: &Queue<'_>) -> Origin {
         let when = self.when();
         let thread = self.model.queue_thread(q.tid, q.cpu, when);
         let (pid, tid) = match thread {
@@ -466,7 +497,7 @@ impl Runner<'_> {
             .is_some_and(|p| p.have_sched_switch != 0)
     }
 
-    fn space(&self, origin: &Origin) -> u64 {
+    pub(super) fn space(&self, origin: &Origin) -> u64 {
         let epoch = match self.applied {
             Some(t) => self.image.epoch_at(t),
             None => 0,
@@ -528,7 +559,7 @@ impl Runner<'_> {
         }
     }
 
-    fn deliver(&mut self, q: &Queue<'_>, origin: &Origin, state: State) {
+    pub(super) fn deliver(&mut self, q: &Queue<'_>, origin: &Origin, state: State) {
         let origin = Origin {
             time: self.perf_time(q.timestamp),
             ..*origin
@@ -623,125 +654,6 @@ impl Runner<'_> {
 }
 
 /// Where the PSB segment at `psb` ends: the next PSB, or the trace's end.
-fn segment_end(trace: &[u8], psb: usize) -> u64 {
+pub(super) fn segment_end(trace: &[u8], psb: usize) -> u64 {
     crate::pt::packets::next_psb(trace, psb.saturating_add(1)).unwrap_or(trace.len()) as u64
-}
-
-/// Decodes again only the PSB segments `segments` of `recording` (as [`crate::index::Index`]
-/// names them) and hands their branch events to `sink`, with the threads, CPUs and times a
-/// full [`decode`] gives them: each segment alone from its PSB, its states only, timed from
-/// the queue's time before it and attributed as perf's schedule would (to the sideband as of
-/// the last record at or before the state's time).
-pub fn decode_segments(
-    recording: &Recording<'_>,
-    model: &Model,
-    binaries: &BinaryCache,
-    _options: &DecodeOptions,
-    segments: &mut dyn Iterator<Item = SegmentRef>,
-    sink: &mut dyn Sink,
-) -> Result<DecodeStats, DecodeError> {
-    let pt = model.pt.as_ref().ok_or(DecodeError::NoIntelPt)?;
-    let Prepared {
-        times,
-        image,
-        traces,
-        config,
-        filter,
-    } = prepare(recording, model, binaries)?;
-    let image_ref: &dyn crate::pt::flow::Image = &image;
-    let mut run = Runner {
-        model,
-        image: &image,
-        timeless: pt.timeless_decoding(),
-        applied: None,
-        heap: AuxHeap::default(),
-        sink,
-        stats: DecodeStats {
-            queues: traces.len(),
-            ..DecodeStats::default()
-        },
-    };
-    // perf's order within a queue is trace order.
-    let mut wanted: Vec<SegmentRef> = segments.collect();
-    wanted.sort_unstable();
-    wanted.dedup_by_key(|s| (s.queue, s.offset));
-    // Sideband times as TSC, to find the record applied when a state is delivered.
-    let tscs: Vec<u64> = times.iter().map(|&t| model.perf_to_tsc(t)).collect();
-    for seg in wanted {
-        let Some((idx, tid, cpu, bytes)) = traces.iter().find(|t| t.0 == seg.queue) else {
-            continue;
-        };
-        let Ok(psb) = usize::try_from(seg.offset) else {
-            continue;
-        };
-        run.stats.trace_bytes += segment_end(bytes, psb).saturating_sub(seg.offset);
-        let mut q = Queue {
-            idx: *idx,
-            tid: *tid,
-            cpu: *cpu,
-            decoder: QueueDecoder::new(
-                bytes,
-                image_ref,
-                queue_config(model, &filter, config, *tid),
-            ),
-            timestamp: seg.queue_tsc,
-            segment_tsc: (None, 0, 0),
-            pending: None,
-        };
-        q.decoder.only_segment(psb);
-        // perf's setup drops what comes before the queue's first timestamp.
-        let mut started = seg.queue_tsc != 0;
-        loop {
-            run.applied = if run.timeless {
-                times.last().copied()
-            } else {
-                let n = tscs.partition_point(|&t| t <= q.timestamp);
-                n.checked_sub(1).map(|i| times[i])
-            };
-            let origin = run.origin(&q);
-            q.decoder.set_space(run.space(&origin));
-            let stats = &mut run.stats;
-            let mut on_block = |block: &Block, _: Option<usize>| {
-                stats.instructions += u64::from(block.ninsn);
-            };
-            let Some(state) = q.decoder.next_state(&mut on_block) else {
-                break;
-            };
-            let is_error = matches!(state.kind, StateKind::Error { .. });
-            if !started {
-                if is_error || state.tsc == 0 {
-                    continue;
-                }
-                started = true;
-            }
-            let mine = state.segment == Some(psb);
-            if is_error {
-                q.timestamp = state.est;
-                if mine {
-                    run.deliver(&q, &origin, state);
-                }
-                continue;
-            }
-            if !run.timeless && returns_to_user(&state.kind) {
-                q.timestamp = state.est;
-            } else if state.tsc > q.timestamp {
-                q.timestamp = state.tsc;
-            }
-            if !mine {
-                continue;
-            }
-            // Delivered with the thread of the sideband as of the state's time.
-            run.applied = if run.timeless {
-                times.last().copied()
-            } else {
-                let n = tscs.partition_point(|&t| t <= q.timestamp);
-                n.checked_sub(1).map(|i| times[i])
-            };
-            let origin = run.origin(&q);
-            run.deliver(&q, &origin, state);
-        }
-    }
-    let mut stats = run.stats;
-    stats.missing_binaries = image.missing();
-    Ok(stats)
 }

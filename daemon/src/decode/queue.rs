@@ -116,6 +116,8 @@ pub(crate) struct QueueDecoder<'a> {
     /// packet layer reads it ahead), so blocks walked up to a PSB+ belong to the segment
     /// before it, as a decode of that segment alone walks them.
     segment: Option<usize>,
+    /// A segment consumed before the flow reached its PSB's IP: (segment, IP).
+    next_segment: Option<(Option<usize>, u64)>,
     /// Decoding a run of segments alone (the PSB offsets `start..end`): stop once their
     /// states are all out.
     only: Option<(usize, usize)>,
@@ -142,14 +144,9 @@ impl<'a> QueueDecoder<'a> {
             insns: 0,
             insn_epoch: 0,
             segment: None,
+            next_segment: None,
             only: None,
         }
-    }
-
-    /// Decodes only the PSB segment at `psb`: [`Self::next_state`] hands out its states and
-    /// stops once the flow has moved past it.
-    pub fn only_segment(&mut self, psb: usize) {
-        self.only_segments(psb, psb.saturating_add(1));
     }
 
     /// Decodes only the PSB segments whose PSB lies in `start..end`, from the PSB at `start`
@@ -294,6 +291,7 @@ impl<'a> QueueDecoder<'a> {
                 Ok(status) => {
                     self.last_sync = self.decoder.sync_offset();
                     self.segment = self.last_sync;
+                    self.next_segment = None;
                     self.phase = Phase::Running(status);
                 }
                 Err(ErrorKind::Eos) => self.finish(),
@@ -328,6 +326,12 @@ impl<'a> QueueDecoder<'a> {
                 self.block = block;
                 self.insns_since_timing();
                 self.insns += u64::from(block.ninsn);
+                if let Some((segment, at)) = self.next_segment {
+                    if block.ip == at {
+                        self.segment = segment;
+                        self.next_segment = None;
+                    }
+                }
                 on_block(&block, self.segment);
                 match result {
                     Ok(next) => {
@@ -403,8 +407,19 @@ impl<'a> QueueDecoder<'a> {
     fn on_event(&mut self, event: &Event, ip_before: u64) {
         use BranchFlags as F;
         if event.status_update {
-            // A PSB+ the flow consumed: the next segment starts.
-            self.segment = self.decoder.sync_offset();
+            // A PSB+ the flow consumed: the next segment starts where its FUP says the PSB
+            // was (the flow may reach the PSB+ before walking there).
+            let next = self.decoder.sync_offset();
+            match event.kind {
+                EventKind::Enabled { ip: Some(at), .. } if at != ip_before => {
+                    self.next_segment = Some((next, at));
+                }
+                _ if self.next_segment.is_some_and(|(s, _)| s == next) => {}
+                _ => {
+                    self.segment = next;
+                    self.next_segment = None;
+                }
+            }
             return;
         }
         let tsc = event.tsc.unwrap_or_else(|| self.tsc());

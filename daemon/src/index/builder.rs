@@ -56,6 +56,10 @@ pub struct IndexBuilder {
     queue_of: HashMap<QueueKey, u32>,
     /// Per (queue, PSB offset): the segment so far and the code ranges its blocks ran.
     segments: HashMap<(u32, u64), (Segment, HashSet<CodeRange>)>,
+    /// Per queue key, the first block counted (its IP and code), unless a branch target was
+    /// left pending before it: what settles the pending entry of the chunk before this one
+    /// ([`IndexBuilder::settle`]).
+    opening: HashMap<QueueKey, Option<(u64, CodeAddr)>>,
 }
 
 /// Adds `times` executions of the instructions `insns` (offsets relative to `start`).
@@ -151,6 +155,8 @@ impl IndexBuilder {
                 pages.extend(first..=last.min(first.saturating_add(16)));
             }
         }
+        // A thread whose blocks had no known instructions leaves an empty map behind.
+        self.index.threads.retain(|_, counts| !counts.is_empty());
         self.index
     }
 
@@ -248,6 +254,38 @@ impl IndexBuilder {
         want.min(run.len())
     }
 
+    /// Counts the entry still pending at the end of this builder's chunk when `next` (the
+    /// builder of the queue's next chunk, decoded apart) opened at that target: what one
+    /// builder over both chunks counts.
+    pub fn settle(&mut self, next: &IndexBuilder) {
+        for (key, (who, ip)) in std::mem::take(&mut self.pending_entry) {
+            if let Some(Some((at, addr))) = next.opening.get(&key) {
+                if *at == ip {
+                    self.count_entry(who, addr);
+                }
+            }
+        }
+    }
+
+    /// Remembers the code identity of the IPs `run`'s block starts, ends and branches at;
+    /// returns its queue key and start.
+    fn remember_block(&mut self, run: &BlockRun<'_>) -> (QueueKey, Option<CodeAddr>) {
+        let block = run.block;
+        let key = queue_key(run.origin.cpu, run.origin.tid);
+        let start = locate(run.image, &block.ctx, block.ip);
+        self.remember(key, block.ip, start.clone());
+        if let Some(last) = block.last {
+            for ip in [Some(last.ip), Some(last.next_ip()), last.target]
+                .into_iter()
+                .flatten()
+            {
+                let addr = locate(run.image, &block.ctx, ip);
+                self.remember(key, ip, addr);
+            }
+        }
+        (key, start)
+    }
+
     fn remember(&mut self, key: QueueKey, ip: u64, addr: Option<CodeAddr>) {
         self.recent_any.insert(ip, addr.clone());
         self.recent.entry(key).or_default().insert(ip, addr);
@@ -286,6 +324,7 @@ impl Sink for IndexBuilder {
                 Some(addr) => self.count_entry((o.pid, o.tid), &addr),
                 None => {
                     self.pending_entry.insert(key, ((o.pid, o.tid), to));
+                    self.opening.entry(key).or_insert(None);
                 }
             }
         }
@@ -316,25 +355,25 @@ impl Sink for IndexBuilder {
         );
     }
 
+    fn segment_queue_tsc(&mut self, queue: u32, psb: u64, queue_tsc: u64) {
+        if let Some((segment, _)) = self.segments.get_mut(&(queue, psb)) {
+            segment.queue_tsc = queue_tsc;
+        }
+    }
+
+    fn beyond(&mut self, run: &BlockRun<'_>) {
+        if run.block.ninsn != 0 {
+            self.remember_block(run);
+        }
+    }
+
     fn block(&mut self, run: &BlockRun<'_>) {
         let block = run.block;
         if block.ninsn == 0 {
             return;
         }
-        let key = queue_key(run.origin.cpu, run.origin.tid);
+        let (key, start) = self.remember_block(run);
         self.queue_of.insert(key, run.queue);
-        let last_insn = block.last;
-        let start = locate(run.image, &block.ctx, block.ip);
-        self.remember(key, block.ip, start.clone());
-        if let Some(last) = last_insn {
-            for ip in [Some(last.ip), Some(last.next_ip()), last.target]
-                .into_iter()
-                .flatten()
-            {
-                let addr = locate(run.image, &block.ctx, ip);
-                self.remember(key, ip, addr);
-            }
-        }
         let Some(start) = start else {
             self.index.unmapped.instructions += u64::from(block.ninsn);
             return;
@@ -357,6 +396,9 @@ impl Sink for IndexBuilder {
         // Code that cannot be decoded again is counted, not dropped.
         self.index.unmapped.instructions += u64::from(block.ninsn) - known as u64;
         let thread = (run.origin.pid, run.origin.tid);
+        self.opening
+            .entry(key)
+            .or_insert_with(|| Some((block.ip, start.clone())));
         if let Some((who, ip)) = self.pending_entry.get(&key).copied() {
             if ip == block.ip {
                 self.pending_entry.remove(&key);

@@ -6,6 +6,7 @@
 //! [`Index`] only grows by [`Index::merge`] (addition), so segments decoded in parallel give
 //! exactly the counts of one decode in order.
 
+mod build;
 mod builder;
 pub mod lines;
 pub mod srcline;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use crate::debuginfo::BuildId;
 use crate::pt::flow::BranchKind;
 
+pub use build::build;
 pub use builder::IndexBuilder;
 pub use lines::{aggregate, BinaryReport, FunctionCounts, LineCounts, LineReport, Unresolved};
 pub use srcline::Naming;

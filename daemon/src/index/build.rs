@@ -1,0 +1,38 @@
+//! An [`Index`] of a whole recording, its PSB segments decoded on every core.
+
+use crate::debuginfo::BinaryCache;
+use crate::decode::{self, DecodeError, DecodeOptions, DecodeStats, ParallelOptions};
+use crate::perf::Recording;
+use crate::sideband::Model;
+
+use super::{Index, IndexBuilder};
+
+/// Decodes `recording` with [`decode::decode_parallel`] and counts it: exactly the index one
+/// [`IndexBuilder`] over the sequential [`decode::decode`] builds (a test holds it to that on
+/// every sample).
+pub fn build(
+    recording: &Recording<'_>,
+    model: &Model,
+    binaries: &BinaryCache,
+    options: &DecodeOptions,
+    parallel: &ParallelOptions,
+) -> Result<(Index, DecodeStats), DecodeError> {
+    let (mut builders, stats) = decode::decode_parallel(
+        recording,
+        model,
+        binaries,
+        options,
+        parallel,
+        IndexBuilder::new,
+    )?;
+    // Chunks come in (queue, offset) order: each settles what the one before left pending.
+    for i in 1..builders.len() {
+        let (done, rest) = builders.split_at_mut(i);
+        done[i - 1].settle(&rest[0]);
+    }
+    let mut index = Index::default();
+    for builder in builders {
+        index.merge(builder.finish());
+    }
+    Ok((index, stats))
+}
