@@ -9,7 +9,7 @@
 use super::errata::{AddrFilter, Errata};
 use super::events::{Event, EventConfig, EventDecoder, EventKind};
 use super::image::{Context, Image};
-use super::insn::{Cache, ExecMode, Insn, InsnClass, InsnKind};
+use super::insn::{Cache, ExecMode, Insn, InsnClass, InsnKind, RunEnd};
 use super::ErrorKind;
 
 /// What the caller should do next.
@@ -493,7 +493,7 @@ impl<'a> BlockDecoder<'a> {
 
     /// Walks to the next instruction that needs trace and applies the trace to it.
     fn proceed_no_event(&mut self, block: &mut Block) -> Result<(), ErrorKind> {
-        if !self.config.end_on_call && !self.config.end_on_jump && self.proceed_cached(block)? {
+        if self.proceed_cached(block)? {
             return Ok(());
         }
         match self.proceed_to_insn(block, |_| false) {
@@ -510,13 +510,18 @@ impl<'a> BlockDecoder<'a> {
     /// does not fit the block.
     fn proceed_cached(&mut self, block: &mut Block) -> Result<bool, ErrorKind> {
         let ctx = self.ctx;
-        let Some(run) = self.cache.run(self.image, &ctx, self.mode, self.ip) else {
+        let end = RunEnd {
+            on_call: self.config.end_on_call,
+            on_jump: self.config.end_on_jump,
+        };
+        let Some(run) = self.cache.run(self.image, &ctx, self.mode, self.ip, end) else {
             return Ok(false);
         };
         if block.ninsn + run.ninsn > BLOCK_MAX_INSNS {
             return Ok(false);
         }
-        let (ninsn, last, error, stop_ip) = (run.ninsn, run.last, run.error, run.stop_ip);
+        let (ninsn, last, error, stop_ip, ended) =
+            (run.ninsn, run.last, run.error, run.stop_ip, run.ended);
         for &ret in &run.calls {
             self.retstack.push(ret);
         }
@@ -529,6 +534,10 @@ impl<'a> BlockDecoder<'a> {
         self.ip = stop_ip;
         if let Some(error) = error {
             return Err(error);
+        }
+        if ended {
+            // A direct call or jump ended the block: its target is known.
+            return Ok(true);
         }
         let insn = last.ok_or(ErrorKind::Internal)?;
         self.proceed_with_trace(&insn)?;

@@ -287,10 +287,17 @@ pub struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves its entropy in the high bits; the table indexes by the low ones.
+        self.0.rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(word);
+            self.write_u64(u64::from_le_bytes(le));
+        }
+        for &byte in words.remainder() {
             self.write_u64(u64::from(byte));
         }
     }
@@ -312,7 +319,7 @@ type AddrMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
 
 /// A straight-line run of code as a walk without trace sees it: from its start, through
 /// non-branches and direct jumps and calls, to the first instruction that needs trace (or
-/// cannot be decoded). Return addresses of the calls on the way are kept so a cached run
+/// cannot be decoded), or to the first direct jump or call that ends a block ([`RunEnd`]). Return addresses of the calls on the way are kept so a cached run
 /// updates the return stack exactly as walking it would.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -322,10 +329,27 @@ pub struct Run {
     pub last: Option<Insn>,
     /// Why the walk stopped at `stop_ip` without decoding an instruction there.
     pub error: Option<ErrorKind>,
-    /// The IP of the instruction that needs trace, or of the one that could not be decoded.
+    /// The IP of the instruction that needs trace, or of the one that could not be decoded;
+    /// after a direct branch that ended the run, that branch's target.
     pub stop_ip: u64,
+    /// The run ended at a direct branch ([`RunEnd`]), which needs no trace.
+    pub ended: bool,
     /// Return addresses pushed by calls in the run, in order (at most [`RUN_MAX_CALLS`]).
     pub calls: Vec<u64>,
+}
+
+/// Which direct branches end a run (as they end the block decoder's blocks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RunEnd {
+    pub on_call: bool,
+    pub on_jump: bool,
+}
+
+impl RunEnd {
+    fn ends(self, insn: &Insn) -> bool {
+        (self.on_call && insn.class == InsnClass::Call)
+            || (self.on_jump && insn.class == InsnClass::Jump)
+    }
 }
 
 /// Runs longer than this are not cached (a cycle of direct jumps never ends without trace).
@@ -340,7 +364,7 @@ type Key = (Context, ExecMode, u64);
 #[derive(Default)]
 pub struct Cache {
     insns: AddrMap<Key, Result<Insn, ErrorKind>>,
-    runs: AddrMap<Key, Run>,
+    runs: AddrMap<(Key, RunEnd), Run>,
 }
 
 /// Cached entries above which the cache is cleared (bounds memory on huge or hostile input).
@@ -370,10 +394,11 @@ impl Cache {
         ctx: &Context,
         mode: ExecMode,
         ip: u64,
+        end: RunEnd,
     ) -> Option<&Run> {
-        let key = (*ctx, mode, ip);
+        let key = ((*ctx, mode, ip), end);
         if !self.runs.contains_key(&key) {
-            let run = self.walk(image, ctx, mode, ip)?;
+            let run = self.walk(image, ctx, mode, ip, end)?;
             if self.runs.len() >= CACHE_LIMIT {
                 self.runs.clear();
             }
@@ -388,6 +413,7 @@ impl Cache {
         ctx: &Context,
         mode: ExecMode,
         start: u64,
+        end: RunEnd,
     ) -> Option<Run> {
         let mut ip = start;
         let mut calls = Vec::new();
@@ -401,6 +427,7 @@ impl Cache {
                         last,
                         error: Some(error),
                         stop_ip: ip,
+                        ended: false,
                         calls,
                     })
                 }
@@ -413,6 +440,16 @@ impl Cache {
                 calls.push(insn.next_ip());
             }
             match insn.next_ip_without_trace() {
+                Ok(next) if end.ends(&insn) => {
+                    return Some(Run {
+                        ninsn: ninsn + 1,
+                        last,
+                        error: None,
+                        stop_ip: next,
+                        ended: true,
+                        calls,
+                    })
+                }
                 Ok(next) => ip = next,
                 Err(_) => {
                     return Some(Run {
@@ -420,6 +457,7 @@ impl Cache {
                         last,
                         error: None,
                         stop_ip: ip,
+                        ended: false,
                         calls,
                     })
                 }
