@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
-use ptlens::decode::{self, DecodeOptions, DecodeStats};
-use ptlens::index::{aggregate, BinaryReport, IndexBuilder, LineReport, Naming};
+use ptlens::decode::{DecodeOptions, DecodeStats, ParallelOptions};
+use ptlens::index::{self, aggregate, BinaryReport, LineReport, Naming};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
 use serde::Serialize;
@@ -42,6 +42,11 @@ pub struct SearchArgs {
     /// by the unit's primary file).
     #[arg(long, value_enum, default_value_t = Srcline::Dwarf)]
     pub srcline: Srcline,
+
+    /// Decode on N threads (PSB segments in parallel; the counts are the same for any N).
+    /// Default: one per core.
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,14 +87,16 @@ pub fn line_report(file: &Path, search: &SearchArgs) -> anyhow::Result<(LineRepo
         .with_context(|| format!("reading {}", file.display()))?;
     let model = Model::build(&recording);
     let binaries = BinaryCache::new(search.paths(file));
-    let mut builder = IndexBuilder::new();
     let options = DecodeOptions {
         progress: progress::callback(),
     };
-    let stats = decode::decode(&recording, &model, &binaries, &options, &mut builder)
+    let mut parallel = ParallelOptions::default();
+    if let Some(jobs) = search.jobs {
+        parallel.jobs = jobs.max(1);
+    }
+    let (index, stats) = index::build(&recording, &model, &binaries, &options, &parallel)
         .with_context(|| format!("decoding {}", file.display()))?;
     progress::finish();
-    let index = builder.finish();
     let naming = match search.srcline {
         Srcline::Dwarf => Naming::Dwarf,
         Srcline::Perf => Naming::Perf,

@@ -1,12 +1,13 @@
 //! [`IndexBuilder`]: the [`Sink`] that counts a decode into an [`Index`].
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use crate::debuginfo::BuildId;
 use crate::decode::{
     BlockRun, BranchEvent, BranchFlags, BranchKind as EventKind, RecordingImage, Sink,
 };
-use crate::pt::flow::insn::{classify, MAX_INSN_LEN};
+use crate::pt::flow::insn::{classify, AddrHasher, MAX_INSN_LEN};
 use crate::pt::flow::{BranchKind, Context, ExecMode, Image};
 
 use super::{
@@ -19,6 +20,10 @@ type QueueKey = (i32, i32);
 
 /// Code a segment ran: binary, file offsets start..end.
 type CodeRange = (BinaryKey, u64, u64);
+
+/// Maps keyed by addresses and code identities: counted per block, so hashing must be cheap.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
+type FastSet<T> = HashSet<T, BuildHasherDefault<AddrHasher>>;
 
 /// A block as counted: start, mode, instructions known, thread (pid, tid), AUX queue.
 type BlockKey = (CodeAddr, ExecMode, u32, (i32, i32), u32);
@@ -42,20 +47,20 @@ fn queue_key(cpu: i32, tid: i32) -> QueueKey {
 pub struct IndexBuilder {
     index: Index,
     /// Instructions from a block start (offsets relative to it), decoded as far as needed.
-    runs: HashMap<(CodeAddr, ExecMode), Vec<(u32, InsnShape)>>,
+    runs: FastMap<(CodeAddr, ExecMode), Vec<(u32, InsnShape)>>,
     /// Executions per (block start, mode, instructions, thread, queue): hot code costs one count per
     /// block, expanded to instructions once, in [`IndexBuilder::finish`].
-    blocks: HashMap<BlockKey, u64>,
+    blocks: FastMap<BlockKey, u64>,
     /// Per queue key, a branch target not decoded yet (a trace start is reported before the
     /// block it starts): its entry is counted when the block arrives.
     pending_entry: HashMap<QueueKey, ((i32, i32), u64)>,
     /// Per queue key, the code identity of IPs its recent blocks started, ended or branched at.
-    recent: HashMap<QueueKey, HashMap<u64, Option<CodeAddr>>>,
+    recent: HashMap<QueueKey, FastMap<u64, Option<CodeAddr>>>,
     /// The same for all queues, when an event's origin names no queue seen.
-    recent_any: HashMap<u64, Option<CodeAddr>>,
+    recent_any: FastMap<u64, Option<CodeAddr>>,
     queue_of: HashMap<QueueKey, u32>,
     /// Per (queue, PSB offset): the segment so far and the code ranges its blocks ran.
-    segments: HashMap<(u32, u64), (Segment, HashSet<CodeRange>)>,
+    segments: HashMap<(u32, u64), (Segment, FastSet<CodeRange>)>,
     /// Per queue key, the first block counted (its IP and code), unless a branch target was
     /// left pending before it: what settles the pending entry of the chunk before this one
     /// ([`IndexBuilder::settle`]).
@@ -166,7 +171,7 @@ impl IndexBuilder {
     pub fn fork(&self) -> IndexBuilder {
         IndexBuilder {
             index: Index::default(),
-            blocks: HashMap::new(),
+            blocks: FastMap::default(),
             ..self.clone()
         }
     }
@@ -414,7 +419,7 @@ impl Sink for IndexBuilder {
                         queue_tsc: run.queue_tsc,
                         ..Segment::default()
                     },
-                    HashSet::new(),
+                    FastSet::default(),
                 )
             });
             if let Some(t) = run.time {
