@@ -1,5 +1,7 @@
-//! Intel PT address filters as perf records them (AUXTRACE_INFO, after priv[16]), parsed and
-//! resolved to the virtual address ranges the flow decoder's [`AddrFilter`] takes.
+//! Intel PT address filters as perf records them (AUXTRACE_INFO, after priv[16]), parsed, and
+//! applied as perf 6.1's decoder applies them: not as address ranges fixed per queue, but at
+//! each TIP.PGD, through the current thread's maps ([`RecordedFilter`], the flow decoder's
+//! [`PgdFilter`]).
 //!
 //! The recorded text is what `perf record --filter` resolved: entries such as
 //! `filter 0x1136/0x20@/path/to/bin` (a file offset and size within that binary) or, without
@@ -11,8 +13,9 @@
 
 use std::fmt;
 
-use crate::pt::flow::{AddrFilter, AddrRange, AddrRangeKind};
-use crate::sideband::Map;
+use crate::pt::flow::{Context, PgdFilter};
+
+use super::image::RecordingImage;
 
 /// What a filter entry does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,59 +173,64 @@ pub fn parse_filter(text: &str) -> Result<Vec<FilterEntry>, FilterParseError> {
     Ok(entries)
 }
 
-/// Where file `offset` is in a mapping of `len` bytes at `start` mapping the file from `pgoff`:
-/// `start + (offset - pgoff)`, when the mapping covers it.
-pub fn mapped_address(start: u64, len: u64, pgoff: u64, offset: u64) -> Option<u64> {
-    let delta = offset.checked_sub(pgoff)?;
-    (delta < len).then(|| start.checked_add(delta)).flatten()
-}
+/// perf's `kernel_start` on x86_64: the only addresses above 2^63 are the kernel's.
+const KERNEL_START: u64 = 1 << 63;
 
-/// The address range (first, last inclusive) of `entry`: kernel addresses as given, file
-/// offsets where the earliest-made of `maps` with the entry's file name covering the offset put
-/// them. `None` for entries with no size, or a file no map covers.
-pub fn resolve_entry<'m>(
-    entry: &FilterEntry,
-    maps: impl IntoIterator<Item = &'m Map>,
-) -> Option<(u64, u64)> {
-    if entry.size == 0 {
-        return None;
-    }
-    let start = match &entry.path {
-        None => entry.offset,
-        Some(path) => {
-            maps.into_iter()
-                .filter(|m| &*m.filename == path.as_str())
-                .filter_map(|m| {
-                    mapped_address(m.start, m.len, m.pgoff, entry.offset).map(|a| (m.time, a))
-                })
-                .min_by_key(|&(time, _)| time)?
-                .1
+/// perf 6.1's verdict on a TIP.PGD's branch target (`intel_pt_match_pgd_ip`), the target being at
+/// `offset` of `file` (a kernel address, with `file` `None`): it left the traced region when it
+/// is in a `stop` range, or when there are `filter`/`start` entries and it is in none of their
+/// ranges. Entries match by exact file name; a kernel entry only a kernel address.
+pub fn pgd_leaves(entries: &[FilterEntry], file: Option<&str>, offset: u64) -> bool {
+    let starts = |e: &FilterEntry| matches!(e.action, FilterAction::Filter | FilterAction::Start);
+    let have_filter = entries.iter().any(starts);
+    let (mut hit_filter, mut hit_stop) = (false, false);
+    for e in entries {
+        if e.path.as_deref() != file {
+            continue;
         }
-    };
-    Some((start, start.checked_add(entry.size - 1)?))
+        if offset.checked_sub(e.offset).is_none_or(|d| d >= e.size) {
+            continue;
+        }
+        if starts(e) {
+            hit_filter = true;
+        } else {
+            hit_stop = true;
+        }
+    }
+    hit_stop || (have_filter && !hit_filter)
 }
 
-/// The flow decoder's filter for `entries`, resolved over `maps`. Only ranges are modelled
-/// (Intel PT's FilterEn and TraceStop ranges): `start`/`stop` at a single address, entries no
-/// map resolves, and entries beyond the 4 range registers are left out.
-pub fn address_filter<'m>(
-    entries: &[FilterEntry],
-    maps: impl IntoIterator<Item = &'m Map> + Clone,
-) -> AddrFilter {
-    let mut filter = AddrFilter::default();
-    let ranges = entries.iter().filter_map(|e| {
-        let kind = match e.action {
-            FilterAction::Filter => AddrRangeKind::Filter,
-            FilterAction::TraceStop => AddrRangeKind::Stop,
-            FilterAction::Start | FilterAction::Stop => return None,
-        };
-        let (start, end) = resolve_entry(e, maps.clone())?;
-        Some(AddrRange { kind, start, end })
-    });
-    for (slot, range) in filter.ranges.iter_mut().zip(ranges) {
-        *slot = range;
+/// The recorded filter applied as perf applies it (its `pgd_ip` callback): at each TIP.PGD the
+/// branch target is looked up in the process and at the moment the decoder's [`Context`] names
+/// (the queue's current thread, the sideband applied so far: the same maps code is read
+/// through), turned into a file offset and judged by [`pgd_leaves`]. A user address no map
+/// covers does not leave (perf cannot look it up either).
+pub struct RecordedFilter<'i> {
+    entries: Vec<FilterEntry>,
+    image: &'i RecordingImage<'i>,
+}
+
+impl<'i> RecordedFilter<'i> {
+    /// `entries` as [`parse_filter`] gives them, resolved through `image`'s sideband.
+    pub fn new(entries: Vec<FilterEntry>, image: &'i RecordingImage<'i>) -> Self {
+        RecordedFilter { entries, image }
     }
-    filter
+
+    pub fn entries(&self) -> &[FilterEntry] {
+        &self.entries
+    }
+}
+
+impl PgdFilter for RecordedFilter<'_> {
+    fn leaves(&self, ctx: &Context, ip: u64) -> bool {
+        if ip >= KERNEL_START {
+            return pgd_leaves(&self.entries, None, ip);
+        }
+        match self.image.map_for(ctx, ip) {
+            Some(map) => pgd_leaves(&self.entries, Some(&map.filename), map.file_offset(ip)),
+            None => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -303,70 +311,36 @@ mod tests {
     }
 
     #[test]
-    fn mapped_address_arithmetic() {
-        assert_eq!(mapped_address(0x5000, 0x2000, 0x1000, 0x1136), Some(0x5136));
-        assert_eq!(mapped_address(0x5000, 0x2000, 0x1000, 0x2fff), Some(0x6fff));
-        assert_eq!(mapped_address(0x5000, 0x2000, 0x1000, 0x3000), None);
-        assert_eq!(mapped_address(0x5000, 0x2000, 0x1000, 0xfff), None);
-        assert_eq!(mapped_address(u64::MAX, 0x10, 0, 1), None);
-    }
-
-    fn map(start: u64, len: u64, pgoff: u64, name: &str, time: u64) -> Map {
-        Map {
-            start,
-            len,
-            pgoff,
-            filename: name.into(),
-            prot: Some(5),
-            flags: None,
-            inode: None,
-            build_id: None,
-            cpumode: 2,
-            time,
-        }
-    }
-
-    #[test]
-    fn resolves_over_maps() {
-        let maps = [
-            map(0x7f00_0000_0000, 0x1000, 0, "/bin/prog", 1),
-            map(0x5555_5555_5000, 0x2000, 0x1000, "/bin/prog", 2),
-            map(0x7f10_0000_1000, 0x9000, 0x1000, "/lib/libc.so.6", 3),
-            // The same file mapped again later: the first map wins.
-            map(0x6000_0000_1000, 0x2000, 0x1000, "/bin/prog", 9),
-        ];
+    fn pgd_verdicts_as_perf() {
         let entries = parse_filter(
-            "filter 0x1136/0x20@/bin/prog,tracestop 0x2000/0x10@/lib/libc.so.6,\
-             filter 0xffffffff81000000/0x1000,filter 0x1/0x1@/not/mapped,start 0x10@/bin/prog",
+            "filter 0x1136/0x20@/bin/prog,filter 0x1200/0x10@/bin/prog,\
+             tracestop 0x2000/0x10@/lib/libc.so.6,filter 0xffffffff81000000/0x1000",
         )
         .unwrap();
-        assert_eq!(
-            resolve_entry(&entries[0], &maps),
-            Some((0x5555_5555_5136, 0x5555_5555_5155))
-        );
-        let filter = address_filter(&entries, &maps);
-        assert_eq!(
-            filter.ranges,
-            [
-                AddrRange {
-                    kind: AddrRangeKind::Filter,
-                    start: 0x5555_5555_5136,
-                    end: 0x5555_5555_5155,
-                },
-                AddrRange {
-                    kind: AddrRangeKind::Stop,
-                    start: 0x7f10_0000_2000,
-                    end: 0x7f10_0000_200f,
-                },
-                AddrRange {
-                    kind: AddrRangeKind::Filter,
-                    start: 0xffff_ffff_8100_0000,
-                    end: 0xffff_ffff_8100_0fff,
-                },
-                AddrRange::default(),
-            ]
-        );
-        assert!(filter.allows(0x5555_5555_5140) && !filter.allows(0x5555_5555_5156));
-        assert_eq!(address_filter(&[], &maps), AddrFilter::default());
+        let leaves = |file, offset| pgd_leaves(&entries, file, offset);
+        // Inside either range of the program: still traced.
+        assert!(!leaves(Some("/bin/prog"), 0x1136));
+        assert!(!leaves(Some("/bin/prog"), 0x1155));
+        assert!(!leaves(Some("/bin/prog"), 0x120f));
+        // Just past a range, another file, another name for the file: out.
+        assert!(leaves(Some("/bin/prog"), 0x1156));
+        assert!(leaves(Some("/bin/prog"), 0x1210));
+        assert!(leaves(Some("/lib/libc.so.6"), 0x1140));
+        assert!(leaves(Some("prog"), 0x1140));
+        // A stop range stops; a kernel range matches kernel addresses only.
+        assert!(leaves(Some("/lib/libc.so.6"), 0x2008));
+        assert!(!leaves(None, 0xffffffff81000010));
+        assert!(leaves(None, 0xffffffff81001000));
+        // Only stop ranges: everything else stays traced.
+        let stops = parse_filter("stop 0x2000/0x10@/lib/libc.so.6").unwrap();
+        assert!(!pgd_leaves(&stops, Some("/bin/prog"), 0x1140));
+        assert!(pgd_leaves(&stops, Some("/lib/libc.so.6"), 0x200f));
+        // `start` counts as a filter (it has no size, so nothing is inside it).
+        let start = parse_filter("start 0x1136@/bin/prog").unwrap();
+        assert!(pgd_leaves(&start, Some("/bin/prog"), 0x1136));
+        assert!(!pgd_leaves(&[], Some("/bin/prog"), 0x1136));
+        // No overflow at the top of the address space.
+        let top = parse_filter("filter 0xffffffffffffff00/0x100").unwrap();
+        assert!(!pgd_leaves(&top, None, u64::MAX));
     }
 }

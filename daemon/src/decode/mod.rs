@@ -14,8 +14,7 @@ mod queue;
 
 pub use event::{error_code, BranchEvent, BranchFlags, BranchKind, Origin, TraceError};
 pub use filter::{
-    address_filter, mapped_address, parse_filter, resolve_entry, FilterAction, FilterEntry,
-    FilterParseError,
+    parse_filter, pgd_leaves, FilterAction, FilterEntry, FilterParseError, RecordedFilter,
 };
 pub use image::RecordingImage;
 pub use kernel::{is_kernel_map, vmlinux_address, KernelCode, KERNEL_NAME};

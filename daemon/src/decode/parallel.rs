@@ -18,11 +18,12 @@ use crate::pt::flow::{Block, Image};
 use crate::pt::packets::{next_psb, Packet, Packets};
 use crate::sideband::Model;
 
+use super::filter::RecordedFilter;
 use super::pipeline::{
-    prepare, queue_config, returns_to_user, segment_end, BlockRun, DecodeError, DecodeOptions,
+    prepare, queue_decoder, returns_to_user, segment_end, BlockRun, DecodeError, DecodeOptions,
     DecodeStats, Prepared, Queue, Runner, SegmentRef, Sink,
 };
-use super::queue::{QueueDecoder, StateKind};
+use super::queue::StateKind;
 
 /// How [`decode_parallel`] splits the work.
 #[derive(Debug, Clone, Copy)]
@@ -249,6 +250,7 @@ pub fn decode_segments(
         filter,
     } = prepare(recording, model, binaries)?;
     let image_ref: &dyn Image = &image;
+    let filter = filter.map(|entries| RecordedFilter::new(entries, &image));
     let mut run = Runner::new(
         model,
         &image,
@@ -279,11 +281,7 @@ pub fn decode_segments(
             idx: *idx,
             tid: *tid,
             cpu: *cpu,
-            decoder: QueueDecoder::new(
-                bytes,
-                image_ref,
-                queue_config(model, &filter, config, *tid),
-            ),
+            decoder: queue_decoder(bytes, image_ref, config, filter.as_ref()),
             timestamp: 0,
             segment_tsc: (None, 0, 0),
             pending: None,
@@ -354,6 +352,7 @@ where
         timeless,
     };
     let image_ref: &dyn Image = &image;
+    let filter = filter.map(|entries| RecordedFilter::new(entries, &image));
     let guess = |chunk: &Chunk| {
         if chunk.first {
             Start {
@@ -376,11 +375,7 @@ where
             idx: *idx,
             tid: *tid,
             cpu: *cpu,
-            decoder: QueueDecoder::new(
-                bytes,
-                image_ref,
-                queue_config(model, &filter, config, *tid),
-            ),
+            decoder: queue_decoder(bytes, image_ref, config, filter.as_ref()),
             timestamp: 0,
             segment_tsc: (None, 0, 0),
             pending: None,

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use crate::debuginfo::BinaryCache;
 use crate::perf::{RecordBody, Recording};
 use crate::pt::flow::time::PerfTiming;
-use crate::pt::flow::{Block, BlockConfig, EventConfig};
+use crate::pt::flow::{Block, BlockConfig, EventConfig, Image};
 use crate::sideband::{Instant, Model, When};
 
 use super::event::{error_code, BranchEvent, BranchKind, Origin, TraceError};
-use super::filter::{address_filter, parse_filter, FilterEntry, FilterParseError};
+use super::filter::{parse_filter, FilterEntry, FilterParseError, RecordedFilter};
 use super::image::RecordingImage;
 use super::queue::{QueueDecoder, State, StateKind};
 
@@ -209,18 +209,15 @@ pub fn decode(
         filter,
     } = prepare(recording, model, binaries)?;
     let total: u64 = traces.iter().map(|t| t.3.len() as u64).sum();
-    let image_ref: &dyn crate::pt::flow::Image = &image;
+    let image_ref: &dyn Image = &image;
+    let filter = filter.map(|entries| RecordedFilter::new(entries, &image));
     let mut queues: Vec<Queue<'_>> = traces
         .iter()
         .map(|(idx, tid, cpu, bytes)| Queue {
             idx: *idx,
             tid: *tid,
             cpu: *cpu,
-            decoder: QueueDecoder::new(
-                bytes,
-                image_ref,
-                queue_config(model, &filter, config, *tid),
-            ),
+            decoder: queue_decoder(bytes, image_ref, config, filter.as_ref()),
             timestamp: 0,
             segment_tsc: (None, 0, 0),
             pending: None,
@@ -241,38 +238,21 @@ pub(super) struct Prepared<'m> {
     pub(super) filter: Option<Vec<FilterEntry>>,
 }
 
-/// `config` with the recorded address filter resolved for the queue of thread `tid` (-1 for a
-/// per-CPU queue); `config` unchanged when the recording has no filter.
-///
-/// Limitation: file offsets are resolved once per queue, at the first (earliest-made) map of
-/// the file in the queue's process (any process for a per-CPU queue), not per process and time
-/// as perf does at each TIP.PGD; a file mapped at different addresses over the queue's life, or
-/// in different processes on one CPU, gets the first address only.
-pub(super) fn queue_config(
-    model: &Model,
-    filter: &Option<Vec<FilterEntry>>,
+/// The decoder of one queue's `trace` over `image` with `config`, and the recorded address
+/// filter, if any, applied as perf 6.1 applies it: at each TIP.PGD, to the branch target, through
+/// the maps of the process and the moment the decoder's context names (the queue's current
+/// thread as the sideband has it when the queue runs, exactly the maps its code is read
+/// through), per process and per time, per-CPU queues included.
+pub(super) fn queue_decoder<'a>(
+    trace: &'a [u8],
+    image: &'a dyn Image,
     config: BlockConfig,
-    tid: i32,
-) -> BlockConfig {
-    let Some(entries) = filter.as_ref().filter(|e| !e.is_empty()) else {
-        return config;
-    };
-    let host = model.host();
-    let pids: Vec<i32> = host
-        .threads()
-        .iter()
-        .filter(|t| t.tid == tid && t.pid > 0)
-        .map(|t| t.pid)
-        .collect();
-    let maps: Vec<&crate::sideband::Map> = host
-        .processes()
-        .iter()
-        .filter(|p| tid == -1 || pids.contains(&p.pid))
-        .flat_map(|p| p.address_space().maps())
-        .collect();
-    BlockConfig {
-        filter: address_filter(entries, maps.iter().copied()),
-        ..config
+    filter: Option<&'a RecordedFilter<'a>>,
+) -> QueueDecoder<'a> {
+    let decoder = QueueDecoder::new(trace, image, config);
+    match filter {
+        Some(filter) => decoder.with_pgd_filter(filter),
+        None => decoder,
     }
 }
 

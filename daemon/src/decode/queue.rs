@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::pt::flow::{
     Block, BlockConfig, BlockDecoder, BranchKind as InsnBranch, ErrorKind, Event, EventKind, Image,
-    InsnClass, Status,
+    InsnClass, PgdFilter, Status,
 };
 
 use super::event::{error_code, BranchFlags};
@@ -147,6 +147,12 @@ impl<'a> QueueDecoder<'a> {
             next_segment: None,
             only: None,
         }
+    }
+
+    /// Binds TIP.PGDs as perf does with an address filter ([`BlockDecoder::with_pgd_filter`]).
+    pub fn with_pgd_filter(mut self, filter: &'a dyn PgdFilter) -> Self {
+        self.decoder = self.decoder.with_pgd_filter(filter);
+        self
     }
 
     /// Decodes only the PSB segments whose PSB lies in `start..end`, from the PSB at `start`
@@ -429,11 +435,19 @@ impl<'a> QueueDecoder<'a> {
                 self.push_branch(0, ip.unwrap_or(0), F::BRANCH | F::TRACE_BEGIN, tsc);
             }
             // perf's trace end is sampled at the TIP.PGD. Its target: a direct branch's own (one
-            // leaving the filter region), else the TIP.PGD's IP if it has one.
+            // leaving the filter region), else the TIP.PGD's IP if it has one. A conditional
+            // branch leaving the region (only an address filter binds one) perf 6.1 reports
+            // from its target: it moves its IP there first.
             EventKind::Disabled { ip } => match self.pending.take() {
                 Some(p) => {
-                    let to = if p.direct { p.to } else { ip.unwrap_or(0) };
-                    self.push_branch_in(p.segment, p.from, to, p.flags | F::TRACE_END, tsc)
+                    let (from, to) = if p.flags & F::CONDITIONAL != 0 {
+                        (p.to, p.to)
+                    } else if p.direct {
+                        (p.from, p.to)
+                    } else {
+                        (p.from, ip.unwrap_or(0))
+                    };
+                    self.push_branch_in(p.segment, from, to, p.flags | F::TRACE_END, tsc)
                 }
                 None => self.push_branch(ip_before, 0, F::BRANCH | F::TRACE_END, tsc),
             },

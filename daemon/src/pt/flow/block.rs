@@ -10,6 +10,7 @@ use super::errata::{AddrFilter, Errata};
 use super::events::{Event, EventConfig, EventDecoder, EventKind};
 use super::image::{Context, Image};
 use super::insn::{Cache, ExecMode, Insn, InsnClass, InsnKind, RunEnd};
+use super::pgd::PgdFilter;
 use super::ErrorKind;
 
 /// What the caller should do next.
@@ -121,6 +122,8 @@ pub struct BlockDecoder<'a> {
     image: &'a dyn Image,
     evdec: EventDecoder<'a>,
     config: BlockConfig,
+    /// Where a TIP.PGD binds, as perf decides it (see [`Self::with_pgd_filter`]).
+    pgd: Option<&'a dyn PgdFilter>,
     /// The event due next, or the error that ended the event stream.
     event: Result<Event, ErrorKind>,
     /// Trace offset of the packet `event` came from.
@@ -158,6 +161,7 @@ impl<'a> BlockDecoder<'a> {
             image,
             evdec: EventDecoder::new(trace, config.events).with_errata(config.errata),
             config,
+            pgd: None,
             event: Err(ErrorKind::Nosync),
             event_offset: 0,
             used: None,
@@ -184,6 +188,17 @@ impl<'a> BlockDecoder<'a> {
     /// Uses `cache` (for example one kept from an earlier decoder over the same image).
     pub fn with_cache(mut self, cache: Cache) -> Self {
         self.cache = cache;
+        self
+    }
+
+    /// Binds each TIP.PGD as perf 6.1's decoder does when it has an address filter
+    /// (`intel_pt_walk_tip` with `pgd_ip`), not as libipt does: walking from the last packet, to
+    /// the first direct branch whose target `filter` says leaves the traced region, else to the
+    /// first branch that needs trace; a conditional one binds only when its taken target leaves
+    /// (tracing stops at that target), else the trace does not fit ([`ErrorKind::BadQuery`]).
+    /// The TIP.PGD's own IP is not used to find the branch.
+    pub fn with_pgd_filter(mut self, filter: &'a dyn PgdFilter) -> Self {
+        self.pgd = Some(filter);
         self
     }
 
@@ -693,6 +708,44 @@ impl<'a> BlockDecoder<'a> {
         };
     }
 
+    /// Walks to the branch a TIP.PGD binds to, as [`Self::with_pgd_filter`] describes; false
+    /// when the block ended first (after a direct branch that stays in the region).
+    fn proceed_to_pgd(
+        &mut self,
+        block: &mut Block,
+        pgd: &dyn PgdFilter,
+    ) -> Result<bool, ErrorKind> {
+        let ctx = self.ctx;
+        let leaves = |insn: &Insn| {
+            matches!(insn.class, InsnClass::Jump | InsnClass::Call)
+                && insn.next_ip_without_trace().is_ok()
+                && insn.target.is_some_and(|to| pgd.leaves(&ctx, to))
+        };
+        match self.proceed_to_insn(block, leaves) {
+            Ok(Some(insn)) => {
+                self.set_disable_resume_ip(Some(insn));
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(ErrorKind::BadQuery) => match block.last {
+                Some(insn) if insn.class == InsnClass::CondJump => {
+                    let to = insn.target.ok_or(ErrorKind::BadInsn)?;
+                    if !pgd.leaves(&ctx, to) {
+                        return Err(ErrorKind::BadQuery);
+                    }
+                    // perf moves its IP to the target before it reports the trace end.
+                    self.ip = to;
+                    Ok(true)
+                }
+                last => {
+                    self.set_disable_resume_ip(last);
+                    Ok(true)
+                }
+            },
+            Err(error) => Err(error),
+        }
+    }
+
     /// Walks to where `event` binds.
     fn proceed_event(&mut self, block: &mut Block, event: Event) -> Result<Status, ErrorKind> {
         let pending = self.status(Status::EVENT_PENDING);
@@ -712,6 +765,8 @@ impl<'a> BlockDecoder<'a> {
             EventKind::Disabled { ip } => {
                 if event.status_update {
                     true
+                } else if let Some(pgd) = self.pgd {
+                    self.proceed_to_pgd(block, pgd)?
                 } else {
                     let result = match ip {
                         None => {

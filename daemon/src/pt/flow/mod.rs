@@ -21,6 +21,7 @@ pub mod errata;
 pub mod events;
 pub mod image;
 pub mod insn;
+pub mod pgd;
 pub mod ptxed;
 pub mod time;
 
@@ -29,6 +30,7 @@ pub use errata::{AddrFilter, AddrRange, AddrRangeKind, Errata};
 pub use events::{Event, EventConfig, EventKind};
 pub use image::{Context, Image, RawImage};
 pub use insn::{BranchKind, Cache, ExecMode, Insn, InsnClass, InsnKind};
+pub use pgd::PgdFilter;
 pub use time::TimeConv;
 
 use thiserror::Error;
