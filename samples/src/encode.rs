@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::insn::Kind;
 use crate::sched::{Timeline, What};
-use crate::trace::Event;
+use crate::trace::{Event, Mapping};
 
 /// How the trace is written.
 #[derive(Clone, Debug)]
@@ -49,9 +49,10 @@ pub struct Config {
     /// previous one precedes the CYC-eligible packets of each cycle (TNT — at its first branch —, TIP,
     /// TIP.PGE, TIP.PGD, MODE.Exec, MTC, TSC, OVF).
     pub cyc: bool,
-    /// An address filter (perf's `--filter 'filter …'`): the run-time IPs traced. Tracing is on only
-    /// inside: a branch out writes TIP.PGD with its target, the first instruction back TIP.PGE.
-    pub filter: Option<std::ops::Range<u64>>,
+    /// An address filter (perf's `--filter 'filter …'`): the run-time IP ranges traced (in the one
+    /// process of [`encode`]; [`encode_timeline_filtered`] resolves them per process). Tracing is on
+    /// only inside: a branch out writes TIP.PGD with its target, the first instruction back TIP.PGE.
+    pub filter: Option<Vec<std::ops::Range<u64>>>,
 }
 
 /// A simulated internal buffer overflow: the packets of `lost` instructions from instruction number
@@ -104,6 +105,8 @@ pub struct Encoded {
     pub end_tsc: u64,
     /// Indices of the events whose instructions were lost to a simulated overflow: perf cannot show them.
     pub lost: Vec<usize>,
+    /// Indices of the instruction events outside the address filter, ascending: not traced.
+    pub untraced: Vec<usize>,
     /// Packet counts, for reports and tests.
     pub stats: Stats,
     /// (byte offset, TSC): where each AUX buffer but the last ends (a packet boundary), and when.
@@ -186,6 +189,7 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
     let mut lost = Vec::new();
     // Instructions since the last one that produced a packet.
     let mut unresolved = Vec::new();
+    let mut untraced = Vec::new();
     enc.psb_plus(None);
     for (i, event) in events.iter().enumerate() {
         enc.mark_split();
@@ -193,6 +197,9 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
             Event::Map(_) => map_times.push((i, cfg.tsc_at(enc.clock))),
             Event::Interrupt { at } => enc.interrupt(*at),
             Event::Insn { ip, insn } => {
+                if !enc.traced(*ip) {
+                    untraced.push(i);
+                }
                 let next = events[i + 1..].iter().find_map(|e| match e {
                     Event::Insn { ip, .. } => Some(*ip),
                     Event::Interrupt { at } => Some(*at),
@@ -220,6 +227,7 @@ pub fn encode(events: &[Event], cfg: &Config) -> Encoded {
         bytes: enc.out,
         map_times,
         lost,
+        untraced,
         stats: enc.stats,
         splits: enc.splits,
     }
@@ -262,6 +270,8 @@ struct Encoder<'a> {
     external_clock: bool,
     /// See [`Encoded::splits`].
     splits: Vec<(usize, u64)>,
+    /// The address filter of the process running now (see [`Config::filter`]).
+    filter: Option<Vec<std::ops::Range<u64>>>,
 }
 
 impl<'a> Encoder<'a> {
@@ -288,7 +298,15 @@ impl<'a> Encoder<'a> {
             produced_packet: false,
             external_clock: false,
             splits: Vec::new(),
+            filter: cfg.filter.clone(),
         }
+    }
+
+    /// Whether `ip` is inside the address filter (everything is, without one).
+    fn traced(&self, ip: u64) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|r| r.contains(&ip)))
     }
 
     /// Ends an AUX buffer here, between packets, if the current one holds `aux_split` bytes or more.
@@ -319,7 +337,7 @@ impl<'a> Encoder<'a> {
         let n = self.executed;
         self.executed += 1;
         self.produced_packet = false;
-        if self.cfg.filter.as_ref().is_some_and(|r| !r.contains(&ip)) {
+        if !self.traced(ip) {
             // Outside the filter region: no packets.
             self.advance(1);
             return true;
@@ -348,7 +366,7 @@ impl<'a> Encoder<'a> {
             }
             return true;
         };
-        let leaves_filter = self.cfg.filter.as_ref().is_some_and(|r| !r.contains(&next));
+        let leaves_filter = !self.traced(next);
         if leaves_filter && !matches!(kind, Kind::Syscall | Kind::Far) {
             if kind == Kind::Return {
                 // perf's decoder pops for every return it walks, this one included.
@@ -631,6 +649,25 @@ impl<'a> Encoder<'a> {
 /// CPU 0 only, `at` counting the instructions run there; its [`Encoded::lost`] holds timeline event
 /// indices.
 pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
+    encode_timeline_filtered(timeline, cfg, None)
+}
+
+/// The run-time ranges an address filter traces in a process with these executable mappings.
+pub type ResolveFilter<'r> = &'r dyn Fn(&[Mapping]) -> Vec<std::ops::Range<u64>>;
+
+/// As [`encode_timeline`], with an address filter resolved per process as the kernel does for an
+/// inherited event: in each process's own mappings (a forked child starts with its parent's, an
+/// exec starts over), re-resolved at each new mapping; on a context switch the ranges of the incoming
+/// task's process apply. [`Encoded::untraced`] lists the instructions outside them (of every CPU).
+pub fn encode_timeline_filtered(
+    timeline: &Timeline,
+    cfg: &Config,
+    filter: Option<ResolveFilter<'_>>,
+) -> Vec<Encoded> {
+    // Per process: its executable mappings and the filter's ranges in them.
+    let mut maps: HashMap<i32, Vec<Mapping>> = HashMap::new();
+    let mut ranges: HashMap<i32, Vec<std::ops::Range<u64>>> = HashMap::new();
+    let mut untraced = Vec::new();
     // For each instruction, the task's next IP (its next instruction, or where an interrupt left it).
     let mut next_of = vec![None; timeline.events.len()];
     let mut upcoming: HashMap<i32, u64> = HashMap::new();
@@ -670,8 +707,32 @@ pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
         let enc = &mut encoders[cpu];
         enc.mark_split();
         enc.clock = e.tick;
+        let pid = e.task.0;
+        if let Some(resolve) = filter {
+            match &e.what {
+                What::Map(m) => {
+                    let process = maps.entry(pid).or_default();
+                    process.push(m.clone());
+                    ranges.insert(pid, resolve(process));
+                }
+                What::Exec { .. } => {
+                    maps.remove(&pid);
+                    ranges.remove(&pid);
+                }
+                What::Fork { parent } if parent.0 != pid => {
+                    let inherited = maps.get(&parent.0).cloned().unwrap_or_default();
+                    ranges.insert(pid, resolve(&inherited));
+                    maps.insert(pid, inherited);
+                }
+                _ => {}
+            }
+            enc.filter = Some(ranges.get(&pid).cloned().unwrap_or_default());
+        }
         match e.what {
             What::Insn { ip, insn } => {
+                if !enc.traced(ip) {
+                    untraced.push(i);
+                }
                 if enc.instruction(ip, insn.len, insn.kind, next_of[i]) {
                     if enc.produced_packet {
                         unresolved[cpu].clear();
@@ -706,6 +767,7 @@ pub fn encode_timeline(timeline: &Timeline, cfg: &Config) -> Vec<Encoded> {
                 start_tsc: cfg.tsc_start,
                 end_tsc: cfg.tsc_at(timeline.end),
                 lost,
+                untraced: untraced.clone(),
                 stats: enc.stats,
                 splits: enc.splits,
             }

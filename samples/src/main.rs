@@ -70,8 +70,9 @@ enum Command {
         /// Testing aid: invert the Nth TNT outcome so the trace no longer matches the program.
         #[arg(long, hide = true)]
         corrupt_tnt: Option<u64>,
-        /// Trace only an address range, as perf's `--filter`: 'filter 0xOFFSET/0xSIZE@BINARY' (a file
-        /// offset and size within BINARY). Per-thread recordings only.
+        /// Trace only address ranges, as perf's `--filter`: 'filter 0xOFFSET/0xSIZE@BINARY' (a file
+        /// offset and size within BINARY), up to 4 separated by commas. With --per-cpu, resolved in
+        /// each process's own mappings.
         #[arg(long, value_name = "FILTER", value_parser = parse_filter)]
         filter: Option<recording::AddrFilter>,
         /// Check the recording with perf afterwards.

@@ -24,56 +24,30 @@ pub struct Options {
     pub per_cpu: Option<u32>,
     /// Instructions a task runs before it is preempted for a waiting one (per-CPU recordings).
     pub quantum: u64,
-    /// An address filter (per-thread recordings only): trace only this part of a binary.
+    /// An address filter: trace only these parts of binaries (per process, in per-CPU recordings).
     pub filter: Option<AddrFilter>,
 }
 
-/// perf's `--filter 'filter 0xOFFSET/0xSIZE@BINARY'`: trace only the `size` bytes at file offset
-/// `offset` of `binary`. perf stores it in AUXTRACE_INFO resolved, as [`AddrFilter::perf_string`].
+/// perf's `--filter 'filter 0xOFFSET/0xSIZE@BINARY,…'`: trace only these ranges, each the `size`
+/// bytes at file offset `offset` of `binary`. perf stores it in AUXTRACE_INFO resolved, as
+/// [`AddrFilter::perf_string`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddrFilter {
+    /// At most [`AddrFilter::MAX_RANGES`].
+    pub ranges: Vec<FileRange>,
+}
+
+/// One `filter` entry of an [`AddrFilter`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRange {
     pub offset: u64,
     pub size: u64,
     /// As the MMAP2 record names it (the canonical path).
     pub binary: String,
 }
 
-impl AddrFilter {
-    /// Parses `filter 0xOFFSET/0xSIZE@BINARY` (spaces around `@` allowed; decimal numbers too) and
-    /// canonicalises BINARY.
-    pub fn parse(text: &str) -> Result<AddrFilter, String> {
-        let bad =
-            || format!("not an address filter: {text:?} (want 'filter 0xOFFSET/0xSIZE@BINARY')");
-        let rest = text.trim().strip_prefix("filter").ok_or_else(bad)?;
-        let (range, binary) = rest.split_once('@').ok_or_else(bad)?;
-        let (offset, size) = range.trim().split_once('/').ok_or_else(bad)?;
-        let num = |t: &str| {
-            let t = t.trim();
-            match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-                Some(h) => u64::from_str_radix(h, 16).ok(),
-                None => t.parse().ok(),
-            }
-        };
-        let (offset, size) = (num(offset).ok_or_else(bad)?, num(size).ok_or_else(bad)?);
-        if size == 0 {
-            return Err(bad());
-        }
-        let binary = binary.trim();
-        let canonical =
-            std::fs::canonicalize(binary).map_err(|e| format!("filter binary {binary}: {e}"))?;
-        Ok(AddrFilter {
-            offset,
-            size,
-            binary: canonical.to_string_lossy().into_owned(),
-        })
-    }
-
-    /// The string perf writes into AUXTRACE_INFO after priv[16].
-    pub fn perf_string(&self) -> String {
-        format!("filter {:#x}/{:#x}@{}", self.offset, self.size, self.binary)
-    }
-
-    /// The run-time addresses of the region in a process with these mappings, if one maps it.
+impl FileRange {
+    /// The run-time addresses of the range in a process with these mappings, if one maps it.
     pub fn runtime_range<'a>(
         &self,
         maps: impl IntoIterator<Item = &'a Mapping>,
@@ -88,6 +62,102 @@ impl AddrFilter {
             )
         })
     }
+}
+
+impl AddrFilter {
+    /// Address ranges Intel PT can hold (IA32_RTIT_ADDR0..3; CPUID says how many a CPU has, 2 on
+    /// many, and perf record refuses more than the PMU's `nr_addr_filters`).
+    pub const MAX_RANGES: usize = 4;
+
+    /// Parses `filter 0xOFFSET/0xSIZE@BINARY` entries separated by commas (spaces around `@`
+    /// allowed; decimal numbers too) and canonicalises each BINARY.
+    pub fn parse(text: &str) -> Result<AddrFilter, String> {
+        let ranges = text
+            .split(',')
+            .filter(|t| !t.trim().is_empty())
+            .map(parse_range)
+            .collect::<Result<Vec<_>, _>>()?;
+        if ranges.is_empty() {
+            return Err(format!("no address filter in {text:?}"));
+        }
+        if ranges.len() > Self::MAX_RANGES {
+            return Err(format!(
+                "{} address filters: Intel PT has at most {}",
+                ranges.len(),
+                Self::MAX_RANGES
+            ));
+        }
+        Ok(AddrFilter { ranges })
+    }
+
+    /// The string perf writes into AUXTRACE_INFO after priv[16]: one entry per range, joined by
+    /// commas without spaces (as `evsel__append_addr_filter` joins them).
+    pub fn perf_string(&self) -> String {
+        let entries: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|r| format!("filter {:#x}/{:#x}@{}", r.offset, r.size, r.binary))
+            .collect();
+        entries.join(",")
+    }
+
+    /// The run-time ranges traced in a process with these mappings (ranges of files it does not
+    /// map are not active in it).
+    pub fn runtime_ranges(&self, maps: &[Mapping]) -> Vec<std::ops::Range<u64>> {
+        self.ranges
+            .iter()
+            .filter_map(|r| r.runtime_range(maps))
+            .collect()
+    }
+}
+
+/// One `filter 0xOFFSET/0xSIZE@BINARY` entry.
+fn parse_range(text: &str) -> Result<FileRange, String> {
+    let bad = || format!("not an address filter: {text:?} (want 'filter 0xOFFSET/0xSIZE@BINARY')");
+    let rest = text.trim().strip_prefix("filter").ok_or_else(bad)?;
+    let (range, binary) = rest.split_once('@').ok_or_else(bad)?;
+    let (offset, size) = range.trim().split_once('/').ok_or_else(bad)?;
+    let num = |t: &str| {
+        let t = t.trim();
+        match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => t.parse().ok(),
+        }
+    };
+    let (offset, size) = (num(offset).ok_or_else(bad)?, num(size).ok_or_else(bad)?);
+    if size == 0 {
+        return Err(bad());
+    }
+    let binary = binary.trim();
+    let canonical =
+        std::fs::canonicalize(binary).map_err(|e| format!("filter binary {binary}: {e}"))?;
+    Ok(FileRange {
+        offset,
+        size,
+        binary: canonical.to_string_lossy().into_owned(),
+    })
+}
+
+/// An error unless every range of `filter` is in an executable mapping of `maps`.
+fn check_mapped(filter: &AddrFilter, maps: &[Mapping]) -> Result<(), RecordError> {
+    match filter
+        .ranges
+        .iter()
+        .find(|r| r.runtime_range(maps).is_none())
+    {
+        None => Ok(()),
+        Some(r) => Err(RecordError::Filter(format!(
+            "the filter region {:#x}/{:#x} of {} was never mapped executable",
+            r.offset, r.size, r.binary
+        ))),
+    }
+}
+
+/// Appends the filter string to AUXTRACE_INFO's `priv_` (its length in priv[16]).
+fn add_filter_string(priv_: &mut Vec<u64>, filter: &AddrFilter) {
+    let text = filter.perf_string();
+    priv_[16] = text.len() as u64;
+    priv_.extend(filter_words(&text));
 }
 
 /// AUXTRACE_INFO's words after priv[16]: the filter string, NUL-terminated, padded to 8 bytes (priv[16]
@@ -258,11 +328,6 @@ pub fn record(
     opts: &Options,
 ) -> Result<Recording, RecordError> {
     if let Some(cpus) = opts.per_cpu {
-        if opts.filter.is_some() {
-            return Err(RecordError::Filter(
-                "an address filter is supported for per-thread recordings only".into(),
-            ));
-        }
         let sched_opts = sched::Options {
             trace: opts.trace.clone(),
             cpus,
@@ -282,17 +347,16 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut cfg = opts.encode.clone();
     if let Some(f) = &opts.filter {
-        let maps = execution.events.iter().filter_map(|e| match e {
-            Event::Map(m) => Some(m),
-            _ => None,
-        });
-        let range = f.runtime_range(maps).ok_or_else(|| {
-            RecordError::Filter(format!(
-                "the filter region {:#x}/{:#x} of {} was never mapped executable",
-                f.offset, f.size, f.binary
-            ))
-        })?;
-        cfg.filter = Some(range);
+        let maps: Vec<Mapping> = execution
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Map(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        check_mapped(f, &maps)?;
+        cfg.filter = Some(f.runtime_ranges(&maps));
     }
     let encoded = encode::encode(&execution.events, &cfg);
     let tc = TimeConv::DEFAULT;
@@ -304,9 +368,7 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
     let mut pd = PerfData::new(vec![attr]);
     let mut priv_ = auxtrace_priv(&tc, &cfg, opts.timeless, pmu_type);
     if let Some(f) = &opts.filter {
-        let text = f.perf_string();
-        priv_[16] = text.len() as u64;
-        priv_.extend(filter_words(&text));
+        add_filter_string(&mut priv_, f);
     }
     pd.auxtrace_info(&priv_);
     pd.time_conv(tc.shift, tc.mult, tc.zero, !opts.timeless);
@@ -357,12 +419,11 @@ pub fn write(execution: Execution, dir: &Path, opts: &Options) -> Result<Recordi
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e {
-            Event::Insn { ip, .. } if cfg.filter.as_ref().is_none_or(|r| r.contains(ip)) => {
-                Some((i, execution.pid, *ip))
-            }
+            Event::Insn { ip, .. } => Some((i, execution.pid, *ip)),
             _ => None,
         });
-    let perf_data = write_files(dir, &pd, insns, &encoded.lost, encoded.stats.overflows)?;
+    let hidden = merge(&encoded.lost, &encoded.untraced);
+    let perf_data = write_files(dir, &pd, insns, &hidden, encoded.stats.overflows)?;
 
     Ok(Recording {
         dir: dir.to_path_buf(),
@@ -390,7 +451,22 @@ pub fn write_per_cpu(
 ) -> Result<Recording, RecordError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg = opts.encode.clone();
-    let streams = encode::encode_timeline(&timeline, &cfg);
+    if let Some(f) = &opts.filter {
+        let maps = sched::mapped_files(&timeline);
+        check_mapped(f, &maps)?;
+    }
+    let resolve = |maps: &[Mapping]| {
+        opts.filter
+            .as_ref()
+            .map_or(Vec::new(), |f| f.runtime_ranges(maps))
+    };
+    let streams = encode::encode_timeline_filtered(
+        &timeline,
+        &cfg,
+        opts.filter
+            .as_ref()
+            .map(|_| &resolve as encode::ResolveFilter<'_>),
+    );
     let mut lost: Vec<usize> = streams
         .iter()
         .flat_map(|s| s.lost.iter().copied())
@@ -423,6 +499,9 @@ pub fn write_per_cpu(
     let mut priv_ = auxtrace_priv(&tc, &opts.encode, opts.timeless, pmu_type);
     priv_[7] = 3; // have_sched_switch: SWITCH_CPU_WIDE
     priv_[9] = 1; // per_cpu_mmaps
+    if let Some(f) = &opts.filter {
+        add_filter_string(&mut priv_, f);
+    }
     pd.auxtrace_info(&priv_);
     pd.time_conv(tc.shift, tc.mult, tc.zero, !opts.timeless);
 
@@ -490,7 +569,9 @@ pub fn write_per_cpu(
             What::Insn { ip, .. } => Some((i, e.task.1, ip)),
             _ => None,
         });
-    let perf_data = write_files(dir, &pd, insns, &lost, stats.overflows)?;
+    let untraced = streams.first().map_or(&[][..], |s| &s.untraced[..]);
+    let hidden = merge(&lost, untraced);
+    let perf_data = write_files(dir, &pd, insns, &hidden, stats.overflows)?;
     Ok(Recording {
         dir: dir.to_path_buf(),
         perf_data,
@@ -620,8 +701,17 @@ fn fill_build_id_cache(
     Ok(done)
 }
 
+/// Two ascending lists of event indices as one.
+fn merge(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut all = [a, b].concat();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// Writes a recording's files into `dir` and returns the perf.data path: the perf.data, its ground
-/// truth (`insns`: (event index, tid, ip) of every instruction executed, in order) and the decoder
+/// truth (`insns`: (event index, tid, ip) of every instruction executed, in order; `lost`: those
+/// perf cannot show, lost to a simulated overflow or outside the address filter) and the decoder
 /// errors perf must report (one per simulated overflow).
 fn write_files(
     dir: &Path,
@@ -647,7 +737,7 @@ fn write_files(
 }
 
 /// The instructions perf must show: all that executed (`insns`: (event index, tid, ip)), less those
-/// lost to a simulated overflow (`lost` holds sorted event indices).
+/// it cannot show (`lost` holds sorted event indices).
 fn write_ground_truth(
     insns: impl Iterator<Item = (usize, i32, u64)>,
     lost: &[usize],
@@ -685,6 +775,31 @@ pub fn read_ground_truth(path: &Path) -> std::io::Result<Vec<(u32, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_filters_parse_and_print_as_perf_writes_them() {
+        let exe = std::env::current_exe().unwrap();
+        let canonical = std::fs::canonicalize(&exe).unwrap();
+        let (exe, canonical) = (exe.display(), canonical.display());
+        let f =
+            AddrFilter::parse(&format!("filter 0x10/0x20@{exe} , filter 64 / 8 @ {exe}")).unwrap();
+        assert_eq!(
+            f.perf_string(),
+            format!("filter 0x10/0x20@{canonical},filter 0x40/0x8@{canonical}")
+        );
+        let one = format!("filter 0x10/0x20@{exe}");
+        assert!(AddrFilter::parse(&[one.as_str(); 4].join(",")).is_ok());
+        assert!(AddrFilter::parse(&[one.as_str(); 5].join(",")).is_err());
+        for bad in [
+            "",
+            ",",
+            "filter 0x10/0@/x",
+            "start 0x10@/x",
+            "filter 0x10/0x10@/not/there",
+        ] {
+            assert!(AddrFilter::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn perf_time_matches_perf_formula() {

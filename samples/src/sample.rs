@@ -13,8 +13,9 @@ use crate::recording::{self, RecordError, Recording, GROUND_TRUTH};
 
 pub const SOURCE: &str = "prog.c";
 /// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`, `per_cpu`,
-/// `quantum`, `aux_split`, `filter_function`: an address filter on that function of the program, its
-/// file offset and size found at regeneration with `nm -S` and `readelf -lW`), `#` comments.
+/// `quantum`, `aux_split`, `filter_function`: an address filter on that function of the program — or on
+/// each of several, comma-separated or on several lines —, its file offset and size found at
+/// regeneration with `nm -S` and `readelf -lW`), `#` comments.
 pub const OPTIONS: &str = "synth-options";
 pub const REFERENCE: &str = "perf-script-be.txt.zst";
 
@@ -145,17 +146,21 @@ pub fn options(
         };
         let (key, value) = line.split_once('=').ok_or_else(bad)?;
         if key.trim() == "filter_function" {
-            let (offset, size) =
-                function_offset(binary, value.trim()).map_err(|what| SampleError::BadOption {
-                    path: path.clone(),
-                    line: format!("{line}: {what}"),
-                })?;
-            let text = format!("filter {offset:#x}/{size:#x}@{}", binary.display());
-            let filter =
-                recording::AddrFilter::parse(&text).map_err(|what| SampleError::BadOption {
-                    path: path.clone(),
-                    line: format!("{line}: {what}"),
-                })?;
+            let bad_filter = |what: String| SampleError::BadOption {
+                path: path.clone(),
+                line: format!("{line}: {what}"),
+            };
+            // One range per function named (comma-separated, or on further lines).
+            let mut entries: Vec<String> = opts
+                .filter
+                .as_ref()
+                .map(|f| vec![f.perf_string()])
+                .unwrap_or_default();
+            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let (offset, size) = function_offset(binary, name).map_err(bad_filter)?;
+                entries.push(format!("filter {offset:#x}/{size:#x}@{}", binary.display()));
+            }
+            let filter = recording::AddrFilter::parse(&entries.join(",")).map_err(bad_filter)?;
             opts.filter = Some(filter);
             continue;
         }
