@@ -30,6 +30,8 @@ __attribute__((noinline)) long hot(long n) {
     return acc;
 }
 
+#define ROUNDS 20
+
 static long work(int rounds) {
     long total = 0;
     for (int k = 0; k < rounds; k++)
@@ -38,24 +40,41 @@ static long work(int rounds) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) {
-        /* The child: this program again, loaded by ld.so at another address. */
-        printf("child %ld\n", work(12));
+    if (argc > 2) {
+        /* The child: this program again, loaded by ld.so at another address. Once ready for its
+           own work it lets the parent start, so both run at once. */
+        if (write(atoi(argv[2]), "g", 1) != 1)
+            return 4;
+        printf("child %ld\n", work(ROUNDS));
         return 0;
     }
+    int go[2];
+    if (pipe(go) != 0)
+        return 5;
     pid_t child = fork();
     if (child == 0) {
-        char self[4096];
+        char self[4096], fd[16];
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         if (n <= 0)
             return 2;
         self[n] = 0;
-        execl("/lib64/ld-linux-x86-64.so.2", "ld.so", self, "child", (char *)0);
+        snprintf(fd, sizeof fd, "%d", go[1]);
+        execl("/lib64/ld-linux-x86-64.so.2", "ld.so", self, "child", fd, (char *)0);
         return 3;
     }
-    long total = work(12);
-    int status = 0;
+    char byte;
+    if (read(go[0], &byte, 1) != 1)
+        return 6;
+    /* A plain fork as well: three processes on two CPUs share them by time slices. */
+    pid_t sibling = fork();
+    long total = work(ROUNDS);
+    if (sibling == 0) {
+        printf("sibling %ld\n", total);
+        return 0;
+    }
+    int status = 0, sibling_status = 0;
     waitpid(child, &status, 0);
+    waitpid(sibling, &sibling_status, 0);
     printf("parent %ld\n", total);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+    return WIFEXITED(status) && WIFEXITED(sibling_status) ? WEXITSTATUS(status) | WEXITSTATUS(sibling_status) : 1;
 }
