@@ -148,11 +148,11 @@ fn run_clean(file: &Path, buildid_dir: &Path, with_lines: bool) -> Option<Vec<Ev
         );
         if out.status.success() {
             if args[0] == "branches" {
-                // Compared as perf's would be without CPU and time: thread, flags, from, to.
+                // Compared as perf's would be without time: thread, CPU, flags, from, to.
                 events = Some(
                     parse_ptlens(&String::from_utf8_lossy(&out.stdout))
                         .iter()
-                        .map(Event::threadwise)
+                        .map(Event::timeless)
                         .collect(),
                 );
             } else {
@@ -182,7 +182,7 @@ fn perf_events(file: &Path, buildid_dir: &Path) -> Option<Vec<Event>> {
     out.status.success().then(|| {
         parse_perf(&String::from_utf8_lossy(&out.stdout))
             .iter()
-            .map(Event::threadwise)
+            .map(Event::timeless)
             .collect()
     })
 }
@@ -226,17 +226,26 @@ impl Reference {
         Self::check_prefix_of(damaged, &self.events, what);
     }
 
-    /// As `check_prefix`, thread by thread: where a queue ends early (a short payload), the
-    /// other queues' later events take its place in the global order.
+    /// As `check_prefix`, thread by thread on each CPU: where a queue ends early (a short
+    /// payload), the other queues' later events take its place in the global order, and a
+    /// thread that also ran on another CPU goes on there after what the short queue lost.
     fn check_prefix_per_thread(&self, damaged: &[Event], what: &str) {
-        let mut tids: Vec<i32> = self.events.iter().map(Event::tid).collect();
-        tids.sort_unstable();
-        tids.dedup();
-        for t in tids {
+        let mut runs: Vec<(i32, i32)> = self.events.iter().map(|e| (e.tid(), e.cpu())).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        for (t, c) in runs {
             let of = |events: &[Event]| -> Vec<Event> {
-                events.iter().filter(|e| e.tid() == t).cloned().collect()
+                events
+                    .iter()
+                    .filter(|e| e.tid() == t && e.cpu() == c)
+                    .cloned()
+                    .collect()
             };
-            Self::check_prefix_of(&of(damaged), &of(&self.events), &format!("{what}, tid {t}"));
+            Self::check_prefix_of(
+                &of(damaged),
+                &of(&self.events),
+                &format!("{what}, tid {t} on CPU {c}"),
+            );
         }
     }
 

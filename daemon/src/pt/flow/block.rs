@@ -723,7 +723,8 @@ impl<'a> BlockDecoder<'a> {
         };
         match self.proceed_to_insn(block, leaves) {
             Ok(Some(insn)) => {
-                self.set_disable_resume_ip(Some(insn));
+                // perf's IP is the target then (where an error before the next packet is).
+                self.ip = insn.next_ip_without_trace()?;
                 Ok(true)
             }
             Ok(None) => Ok(false),
