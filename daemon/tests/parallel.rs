@@ -75,16 +75,18 @@ fn check(dir: &Path) {
             "{what}: stats"
         );
 
-        let (chunks, _) = decode::decode_parallel(
+        let mut events = Vec::new();
+        decode::decode_parallel(
             &recording,
             &model,
             &binaries,
             &options,
             &parallel,
             Vec::<BranchEvent>::new,
+            |chunk| events.extend(chunk),
         )
         .unwrap();
-        let events = per_queue(chunks.into_iter().flatten());
+        let events = per_queue(events);
         assert_eq!(
             events.keys().collect::<Vec<_>>(),
             whole_events.keys().collect::<Vec<_>>(),

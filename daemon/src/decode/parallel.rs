@@ -10,7 +10,7 @@
 //! the counts are exactly those of [`super::decode`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use crate::debuginfo::BinaryCache;
 use crate::perf::Recording;
@@ -315,10 +315,11 @@ struct Chunk {
 }
 
 /// Decodes every PSB segment of `recording` on `parallel.jobs` threads: each chunk (a run of
-/// whole segments of one queue) into its own sink made by `new_sink`. Returns the sinks in
-/// (queue, trace offset) order. Per chunk, the sink sees exactly the blocks and branch events
-/// [`super::decode`] gives those segments (same threads, CPUs and times); events arrive in trace
-/// order per chunk, not in perf's order across queues — this is for counting.
+/// whole segments of one queue) into its own sink made by `new_sink`, handed to `finished` in
+/// (queue, trace offset) order as soon as it and every chunk before it are done (so memory
+/// holds only the chunks in flight). Per chunk, the sink sees exactly the blocks and branch
+/// events [`super::decode`] gives those segments (same threads, CPUs and times); events arrive
+/// in trace order per chunk, not in perf's order across queues — this is for counting.
 pub fn decode_parallel<S, F>(
     recording: &Recording<'_>,
     model: &Model,
@@ -326,7 +327,8 @@ pub fn decode_parallel<S, F>(
     options: &DecodeOptions,
     parallel: &ParallelOptions,
     new_sink: F,
-) -> Result<(Vec<S>, DecodeStats), DecodeError>
+    mut finished: impl FnMut(S),
+) -> Result<DecodeStats, DecodeError>
 where
     S: Sink + Send,
     F: Fn() -> S + Sync,
@@ -387,87 +389,141 @@ where
 
     let done_bytes = AtomicU64::new(0);
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<(S, Outcome, DecodeStats)>>> =
-        Mutex::new((0..chunks.len()).map(|_| None).collect());
+    // Workers run at most `window` chunks ahead of the one handed out next.
+    let window = jobs * 4;
+    let slots = Mutex::new(Slots {
+        results: (0..chunks.len()).map(|_| None).collect(),
+        handed: 0,
+        failed: false,
+    });
+    let (ready, room) = (Condvar::new(), Condvar::new());
     if let Some(progress) = options.progress {
         progress(0, total);
     }
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(chunks.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(chunk) = chunks.get(i) else { break };
-                let result = decode_one(chunk, guess(chunk));
-                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
-                let done = done_bytes.fetch_add(chunk.bytes, Ordering::Relaxed) + chunk.bytes;
-                if let Some(progress) = options.progress {
-                    progress(done, total);
-                }
-            });
-        }
-    });
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-
-    // Each queue's chunks in order, with the true start: the previous chunk's end.
-    let mut sinks = Vec::with_capacity(chunks.len());
     let mut stats = DecodeStats {
         queues: traces.len(),
         trace_bytes: total,
         ..DecodeStats::default()
     };
-    let mut actual = Start {
-        timestamp: 0,
-        started: timeless,
-    };
-    let mut next_segment_tsc = None;
-    for (chunk, result) in chunks.iter().zip(results.iter_mut()) {
-        let Some((mut sink, mut outcome, mut chunk_stats)) = result.take() else {
-            continue;
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(chunks.len()) {
+            scope.spawn(|| {
+                // A worker that panics must not leave the hand-out loop waiting for its chunk.
+                let _guard = PanicFlag(&slots, &ready);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(chunk) = chunks.get(i) else { break };
+                    {
+                        let mut s = lock(&slots);
+                        while i >= s.handed + window && !s.failed {
+                            s = room.wait(s).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    let result = decode_one(chunk, guess(chunk));
+                    lock(&slots).results[i] = Some(result);
+                    ready.notify_all();
+                    let done = done_bytes.fetch_add(chunk.bytes, Ordering::Relaxed) + chunk.bytes;
+                    if let Some(progress) = options.progress {
+                        progress(done, total);
+                    }
+                }
+            });
+        }
+
+        // Each queue's chunks in order, with the true start: the previous chunk's end.
+        let mut actual = Start {
+            timestamp: 0,
+            started: timeless,
         };
-        if chunk.first {
-            actual = Start {
-                timestamp: 0,
-                started: timeless,
+        let mut next_segment_tsc = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let result = {
+                let mut s = lock(&slots);
+                loop {
+                    if let Some(result) = s.results[i].take() {
+                        s.handed = i + 1;
+                        break Some(result);
+                    }
+                    if s.failed {
+                        break None;
+                    }
+                    s = ready.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
             };
-        }
-        let guessed = guess(chunk);
-        let mut first_segment_tsc = outcome.first_segment_at_start.map(|_| guessed.timestamp);
-        if !same_from(&clock, &outcome, guessed, actual) {
-            tracing::debug!(
-                queue = traces[chunk.trace].0,
-                psb = chunk.psbs.0,
-                "chunk decoded again from the queue's true time"
-            );
-            (sink, outcome, chunk_stats) = decode_one(chunk, actual);
-            first_segment_tsc = outcome.first_segment_at_start.map(|_| actual.timestamp);
-        }
-        // The whole decode's queue time for the chunk's first segment: where the previous
-        // chunk's flow ran into it, else the chunk's start.
-        if let Some(recorded) = first_segment_tsc {
-            let wanted = if chunk.first {
-                actual.timestamp
-            } else {
-                next_segment_tsc.unwrap_or(actual.timestamp)
+            room.notify_all();
+            let Some((mut sink, mut outcome, mut chunk_stats)) = result else {
+                return;
             };
-            if recorded != wanted {
-                sink.segment_queue_tsc(traces[chunk.trace].0, chunk.psbs.0 as u64, wanted);
+            if chunk.first {
+                actual = Start {
+                    timestamp: 0,
+                    started: timeless,
+                };
             }
+            let guessed = guess(chunk);
+            let mut first_segment_tsc = outcome.first_segment_at_start.map(|_| guessed.timestamp);
+            if !same_from(&clock, &outcome, guessed, actual) {
+                tracing::debug!(
+                    queue = traces[chunk.trace].0,
+                    psb = chunk.psbs.0,
+                    "chunk decoded again from the queue's true time"
+                );
+                (sink, outcome, chunk_stats) = decode_one(chunk, actual);
+                first_segment_tsc = outcome.first_segment_at_start.map(|_| actual.timestamp);
+            }
+            // The whole decode's queue time for the chunk's first segment: where the previous
+            // chunk's flow ran into it, else the chunk's start.
+            if let Some(recorded) = first_segment_tsc {
+                let wanted = if chunk.first {
+                    actual.timestamp
+                } else {
+                    next_segment_tsc.unwrap_or(actual.timestamp)
+                };
+                if recorded != wanted {
+                    sink.segment_queue_tsc(traces[chunk.trace].0, chunk.psbs.0 as u64, wanted);
+                }
+            }
+            next_segment_tsc = outcome.next_segment_tsc;
+            actual = Start {
+                timestamp: outcome.end.unwrap_or(actual.timestamp),
+                started: outcome.started,
+            };
+            stats.branches += chunk_stats.branches;
+            stats.errors += chunk_stats.errors;
+            stats.instructions += chunk_stats.instructions;
+            finished(sink);
         }
-        next_segment_tsc = outcome.next_segment_tsc;
-        actual = Start {
-            timestamp: outcome.end.unwrap_or(actual.timestamp),
-            started: outcome.started,
-        };
-        stats.branches += chunk_stats.branches;
-        stats.errors += chunk_stats.errors;
-        stats.instructions += chunk_stats.instructions;
-        sinks.push(sink);
-    }
+    });
     if let Some(progress) = options.progress {
         progress(total, total);
     }
     stats.missing_binaries = image.missing();
-    Ok((sinks, stats))
+    Ok(stats)
+}
+
+/// The chunks decoded and not yet handed out, shared by the workers and the hand-out loop.
+struct Slots<T> {
+    results: Vec<Option<T>>,
+    /// Chunks handed out so far (in order).
+    handed: usize,
+    /// A worker panicked.
+    failed: bool,
+}
+
+fn lock<T>(slots: &Mutex<Slots<T>>) -> std::sync::MutexGuard<'_, Slots<T>> {
+    slots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks the slots failed when a worker unwinds.
+struct PanicFlag<'a, T>(&'a Mutex<Slots<T>>, &'a Condvar);
+
+impl<T> Drop for PanicFlag<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(self.0).failed = true;
+            self.1.notify_all();
+        }
+    }
 }
 
 /// Splits every queue's trace into chunks of whole PSB segments of about `chunk_bytes`.

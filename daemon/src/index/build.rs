@@ -17,21 +17,26 @@ pub fn build(
     options: &DecodeOptions,
     parallel: &ParallelOptions,
 ) -> Result<(Index, DecodeStats), DecodeError> {
-    let (mut builders, stats) = decode::decode_parallel(
+    let mut index = Index::default();
+    // Chunks arrive in (queue, offset) order: each settles what the one before left pending.
+    let mut last: Option<IndexBuilder> = None;
+    let stats = decode::decode_parallel(
         recording,
         model,
         binaries,
         options,
         parallel,
         IndexBuilder::new,
+        |builder| {
+            if let Some(mut before) = last.replace(builder) {
+                if let Some(now) = &last {
+                    before.settle(now);
+                }
+                index.merge(before.finish());
+            }
+        },
     )?;
-    // Chunks come in (queue, offset) order: each settles what the one before left pending.
-    for i in 1..builders.len() {
-        let (done, rest) = builders.split_at_mut(i);
-        done[i - 1].settle(&rest[0]);
-    }
-    let mut index = Index::default();
-    for builder in builders {
+    if let Some(builder) = last {
         index.merge(builder.finish());
     }
     Ok((index, stats))
