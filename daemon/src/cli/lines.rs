@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
+use ptlens::decode::{is_kernel_map, KERNEL_NAME};
 use ptlens::decode::{DecodeOptions, DecodeStats, ParallelOptions};
-use ptlens::index::{self, aggregate, BinaryReport, LineReport, Naming};
+use ptlens::index::{self, aggregate_with_kernel, BinaryReport, KernelSource, LineReport, Naming};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
 use serde::Serialize;
@@ -101,7 +102,15 @@ pub fn line_report(file: &Path, search: &SearchArgs) -> anyhow::Result<(LineRepo
         Srcline::Dwarf => Naming::Dwarf,
         Srcline::Perf => Naming::Perf,
     };
-    let mut report = aggregate(&index, &binaries, naming);
+    // The kernel's maps say how its run-time addresses relocate into a vmlinux or kallsyms.
+    let kernel_maps: Vec<_> = model
+        .host()
+        .kernel_space()
+        .maps()
+        .filter(|m| is_kernel_map(m))
+        .cloned()
+        .collect();
+    let mut report = aggregate_with_kernel(&index, &binaries, naming, &kernel_maps);
     // Code in a binary that was never found could not be decoded at all, so the index has
     // no counts naming it: the decoder's list says which.
     for (name, reads) in &stats.missing_binaries {
@@ -111,6 +120,7 @@ pub fn line_report(file: &Path, search: &SearchArgs) -> anyhow::Result<(LineRepo
                 build_id: None,
                 found: false,
                 detail: format!("not found; {reads} code reads failed while decoding"),
+                kernel_source: (name == KERNEL_NAME).then_some(KernelSource::Missing),
             });
         }
     }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use crate::debuginfo::{vmlinux_text, Binary, BuildId, Kcore, SearchPaths};
+use crate::debuginfo::{vmlinux_text, Binary, BuildId, Kallsyms, Kcore, SearchPaths};
 use crate::sideband::Map;
 
 /// How perf names the kernel's dso in its reports and warnings.
@@ -21,11 +21,7 @@ pub fn is_kernel_map(map: &Map) -> bool {
 /// Where kernel code comes from, once found.
 #[derive(Debug)]
 enum Source {
-    /// A vmlinux and the link-time address of its `_text`.
-    Vmlinux {
-        binary: Arc<Binary>,
-        text: Option<u64>,
-    },
+    Vmlinux(Vmlinux),
     Kcore(Kcore),
     /// Nothing gives code bytes: every read fails and the kernel is named missing.
     Missing,
@@ -56,31 +52,45 @@ fn standard_vmlinux_paths() -> Vec<PathBuf> {
     paths
 }
 
-fn open_vmlinux(path: &Path) -> Option<Source> {
+/// A vmlinux and the link-time address of its `_text` (`None` when it has no `_text` or
+/// `_stext` symbol: taken as unrelocated).
+#[derive(Debug, Clone)]
+pub struct Vmlinux {
+    pub binary: Arc<Binary>,
+    pub text: Option<u64>,
+}
+
+fn open_vmlinux(path: &Path) -> Option<Vmlinux> {
     let binary = Binary::open(path).ok()?;
     let text = vmlinux_text(path).ok().flatten();
-    Some(Source::Vmlinux {
+    Some(Vmlinux {
         binary: Arc::new(binary),
         text,
     })
 }
 
-fn find(search: &SearchPaths, build_id: Option<&BuildId>) -> Source {
+/// The vmlinux perf would read for a kernel whose build-id is `build_id`: `--vmlinux` as it is,
+/// else the first of perf's standard paths (under `--symfs`) whose build-id matches. Shared by
+/// the decoder (code bytes) and `index::aggregate` (symbols and lines), so both see one file.
+pub fn find_vmlinux(search: &SearchPaths, build_id: Option<&BuildId>) -> Option<Vmlinux> {
     // An explicit --vmlinux is taken as it is, as perf takes it.
-    if let Some(source) = search.vmlinux.as_deref().and_then(open_vmlinux) {
-        return source;
+    if let Some(found) = search.vmlinux.as_deref().and_then(open_vmlinux) {
+        return Some(found);
     }
-    if let Some(id) = build_id {
-        for path in standard_vmlinux_paths() {
-            let path = search.under_symfs(&path);
-            let matches = BuildId::from_elf_file(&path)
-                .ok()
-                .flatten()
-                .is_some_and(|found| id.matches(&found));
-            if let Some(source) = matches.then(|| open_vmlinux(&path)).flatten() {
-                return source;
-            }
-        }
+    let id = build_id?;
+    standard_vmlinux_paths().into_iter().find_map(|path| {
+        let path = search.under_symfs(&path);
+        let matches = BuildId::from_elf_file(&path)
+            .ok()
+            .flatten()
+            .is_some_and(|found| id.matches(&found));
+        matches.then(|| open_vmlinux(&path)).flatten()
+    })
+}
+
+fn find(search: &SearchPaths, build_id: Option<&BuildId>) -> Source {
+    if let Some(vmlinux) = find_vmlinux(search, build_id) {
+        return Source::Vmlinux(vmlinux);
     }
     if let Some(dir) = &search.kcore_dir {
         if let Ok(kcore) = Kcore::open(&dir.join("kcore")) {
@@ -114,7 +124,7 @@ impl KernelCode {
         let code = match source {
             Source::Missing => return Err(KERNEL_NAME),
             Source::Kcore(kcore) => kcore.code_at(ip),
-            Source::Vmlinux { binary, text } => binary.code_at(vmlinux_address(map, *text, ip)),
+            Source::Vmlinux(v) => v.binary.code_at(vmlinux_address(map, v.text, ip)),
         };
         // An address the source does not hold (outside the image, in a module) reads nothing:
         // the decoder reports it as it reports any unreadable code.
@@ -139,4 +149,53 @@ pub fn vmlinux_address(map: &Map, text: Option<u64>, ip: u64) -> u64 {
         Some(text) if map.pgoff != 0 => ip.wrapping_sub(map.pgoff).wrapping_add(text),
         _ => ip,
     }
+}
+
+/// The address in a kernel symbol source whose `_text` is `text` (a vmlinux's link-time one, or a
+/// kallsyms copy's, perf's `kallsyms__delta`) of the kernel code the index names by `offset` in
+/// `map` (its `Map::file_offset(ip)`, the run-time address for perf's kernel map, where `pgoff` is
+/// `start`): the run-time address relocated as [`vmlinux_address`] relocates it.
+pub fn kernel_symbol_address(map: &Map, text: Option<u64>, offset: u64) -> u64 {
+    let ip = offset.wrapping_sub(map.pgoff).wrapping_add(map.start);
+    vmlinux_address(map, text, ip)
+}
+
+/// A kernel symbol table found for the report, and the file it came from.
+#[derive(Debug, Clone)]
+pub struct FoundKallsyms {
+    pub path: PathBuf,
+    pub table: Kallsyms,
+}
+
+/// The kallsyms text perf would take symbols from when it has no vmlinux: `--kallsyms`, the
+/// recording's `kcore_dir/kallsyms` (perf passes it as `--kallsyms`), then the copy in a build-id
+/// cache. A table whose addresses were hidden as zeros resolves nothing and is passed over.
+/// `Err` says what was tried.
+pub fn find_kallsyms(
+    search: &SearchPaths,
+    build_id: Option<&BuildId>,
+) -> Result<FoundKallsyms, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    candidates.extend(search.kallsyms.clone());
+    candidates.extend(search.kcore_dir.as_ref().map(|d| d.join("kallsyms")));
+    if let Some(id) = build_id {
+        // A recorded pseudo-name: only the build-id caches are looked in, for a `kallsyms` file.
+        if let Ok(located) = search.locate(Path::new(KERNEL_NAME), Some(id)) {
+            candidates.push(located.path);
+        }
+    }
+    let mut tried = Vec::new();
+    for path in candidates {
+        match Kallsyms::open(&path) {
+            Ok(table) if table.is_zeroed() => {
+                tried.push(format!("{}: addresses hidden as zeros", path.display()))
+            }
+            Ok(table) => return Ok(FoundKallsyms { path, table }),
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    if tried.is_empty() {
+        tried.push("no --vmlinux, --kallsyms, kcore_dir or build-id matched vmlinux".to_owned());
+    }
+    Err(tried.join("; "))
 }

@@ -17,6 +17,9 @@ pub use filter::{
     parse_filter, pgd_leaves, FilterAction, FilterEntry, FilterParseError, RecordedFilter,
 };
 pub use image::RecordingImage;
-pub use kernel::{is_kernel_map, vmlinux_address, KernelCode, KERNEL_NAME};
+pub use kernel::{
+    find_kallsyms, find_vmlinux, is_kernel_map, kernel_symbol_address, vmlinux_address,
+    FoundKallsyms, KernelCode, Vmlinux, KERNEL_NAME,
+};
 pub use parallel::{decode_parallel, decode_segments, ParallelOptions};
 pub use pipeline::{decode, BlockRun, DecodeError, DecodeOptions, DecodeStats, SegmentRef, Sink};

@@ -3,6 +3,11 @@
 //! A line is what the line table says for an address: the innermost inline frame's file and
 //! line, which is what `perf script -F srcline` prints. Addresses without a binary or a line
 //! are summed in [`Unresolved`], never dropped.
+//!
+//! Kernel code (perf's `[kernel.kallsyms]_text` map, counted at run-time addresses) is resolved
+//! as perf resolves it: through a vmlinux relocated by the map's `pgoff` (symbols and lines),
+//! else a kallsyms table (symbols only: its counts have no line), else it is a binary not found.
+//! Module maps are ordinary files here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,7 +15,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::debuginfo::{Binary, BinaryCache};
+use crate::debuginfo::{Binary, BinaryCache, BuildId, Kallsyms};
+use crate::decode::{find_kallsyms, find_vmlinux, kernel_symbol_address, KERNEL_NAME};
+use crate::sideband::Map;
 
 use super::srcline::{Naming, Renames};
 use super::{BinaryId, BinaryKey, Counts, Index};
@@ -58,6 +65,21 @@ pub struct BinaryReport {
     pub found: bool,
     /// Where it was found, or why not.
     pub detail: String,
+    /// For the kernel: what its symbols came from (`None` for any other binary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_source: Option<KernelSource>,
+}
+
+/// What resolved kernel code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelSource {
+    /// A vmlinux: functions and lines.
+    Vmlinux,
+    /// A kallsyms table: functions only; the counts have no line.
+    Kallsyms,
+    /// Nothing: counted as in a binary not found.
+    Missing,
 }
 
 /// Counts that could not be given a line.
@@ -107,7 +129,92 @@ fn as_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error>
 }
 
 /// Aggregates `index` to lines, loading binaries through `binaries`, files named by `naming`.
+/// Kernel code is taken as unrelocated: see [`aggregate_with_kernel`].
 pub fn aggregate(index: &Index, binaries: &BinaryCache, naming: Naming) -> LineReport {
+    aggregate_with_kernel(index, binaries, naming, &[])
+}
+
+/// Symbols (and lines) of one binary's counted offsets.
+enum Symbols<'s> {
+    Binary(&'s Binary),
+    Kallsyms(&'s Kallsyms),
+}
+
+impl Symbols<'_> {
+    /// The function holding `vaddr` and the offset into it.
+    fn at(&self, vaddr: u64) -> Option<(&str, u64)> {
+        match self {
+            Symbols::Binary(b) => b.symbol_at(vaddr).map(|(s, at)| (&*s.name, at)),
+            Symbols::Kallsyms(k) => k.symbol_at(vaddr).map(|(s, at)| (&*s.symbol.name, at)),
+        }
+    }
+
+    /// The line tables, if the source has any.
+    fn lines(&self) -> Option<&Binary> {
+        match self {
+            Symbols::Binary(b) => Some(b),
+            Symbols::Kallsyms(_) => None,
+        }
+    }
+}
+
+/// How one binary's counted offsets are resolved: the address its symbols and lines use for
+/// each offset, and those symbols.
+struct Resolver<'r> {
+    vaddr: &'r dyn Fn(u64) -> Option<u64>,
+    symbols: Symbols<'r>,
+}
+
+/// A kernel symbol source, found once per report.
+enum KernelSymbols {
+    Vmlinux(crate::decode::Vmlinux),
+    Kallsyms(crate::decode::FoundKallsyms),
+    Missing(String),
+}
+
+fn find_kernel_symbols(binaries: &BinaryCache, build_id: Option<&BuildId>) -> KernelSymbols {
+    let search = binaries.search_paths();
+    if let Some(vmlinux) = find_vmlinux(search, build_id) {
+        return KernelSymbols::Vmlinux(vmlinux);
+    }
+    match find_kallsyms(search, build_id) {
+        Ok(found) => KernelSymbols::Kallsyms(found),
+        Err(tried) => KernelSymbols::Missing(format!("no vmlinux or kallsyms: {tried}")),
+    }
+}
+
+/// The kernel map a binary of the index stands for, if it is the kernel: the recording's map of
+/// that name, else (no maps given) one taken as unrelocated.
+fn kernel_map(path: &str, kernel_maps: &[Map]) -> Option<Map> {
+    if let Some(map) = kernel_maps.iter().find(|m| &*m.filename == path) {
+        return Some(map.clone());
+    }
+    let is_kernel = path.starts_with(KERNEL_NAME) || path.starts_with("[guest.kernel");
+    is_kernel.then(|| Map {
+        start: 0,
+        len: 0,
+        pgoff: 0,
+        filename: Arc::from(path),
+        prot: None,
+        flags: None,
+        inode: None,
+        build_id: None,
+        cpumode: 1,
+        time: 0,
+    })
+}
+
+/// Aggregates `index` to lines as [`aggregate`] does, resolving kernel code through
+/// `kernel_maps` (the recording's kernel maps, as the sideband has them: their `pgoff` is the
+/// run-time `_text` a vmlinux or kallsyms table is relocated by). The kernel's sources are the
+/// cache's search paths: `--vmlinux`, a build-id matched vmlinux at perf's paths, then
+/// `--kallsyms`, the recording's `kcore_dir/kallsyms`, a build-id cache copy.
+pub fn aggregate_with_kernel(
+    index: &Index,
+    binaries: &BinaryCache,
+    naming: Naming,
+    kernel_maps: &[Map],
+) -> LineReport {
     let mut report = LineReport::default();
     report.unresolved.no_mapping.instructions = index.unmapped.instructions;
     report.unresolved.no_mapping.taken = index.unmapped.taken;
@@ -120,8 +227,8 @@ pub fn aggregate(index: &Index, binaries: &BinaryCache, naming: Naming) -> LineR
             .or_default()
             .push((addr.offset, c));
     }
-    let mut lines: BTreeMap<LineKey, LineCounts> = BTreeMap::new();
-    let mut functions: BTreeMap<(String, String), FunctionCounts> = BTreeMap::new();
+    let mut out = Out::default();
+    let mut kernel: Option<KernelSymbols> = None;
     for (key, mut addrs) in by_binary {
         addrs.sort_unstable_by_key(|a| a.0);
         let path = index.paths.get(key).map_or("", |p| &**p).to_owned();
@@ -129,6 +236,57 @@ pub fn aggregate(index: &Index, binaries: &BinaryCache, naming: Naming) -> LineR
             BinaryId::BuildId(id) => Some(*id),
             BinaryId::Path(_) => None,
         };
+        if let Some(map) = kernel_map(&path, kernel_maps) {
+            let source =
+                kernel.get_or_insert_with(|| find_kernel_symbols(binaries, build_id.as_ref()));
+            let (kernel_source, found, detail, text, symbols) = match source {
+                KernelSymbols::Vmlinux(v) => (
+                    KernelSource::Vmlinux,
+                    true,
+                    format!("vmlinux {}", v.binary.path().display()),
+                    v.text,
+                    Some(Symbols::Binary(&v.binary)),
+                ),
+                KernelSymbols::Kallsyms(k) => (
+                    KernelSource::Kallsyms,
+                    true,
+                    format!("kallsyms {} (functions only, no lines)", k.path.display()),
+                    k.table.address_of("_text"),
+                    Some(Symbols::Kallsyms(&k.table)),
+                ),
+                KernelSymbols::Missing(why) => {
+                    (KernelSource::Missing, false, why.clone(), None, None)
+                }
+            };
+            report.binaries.push(BinaryReport {
+                path: KERNEL_NAME.to_owned(),
+                build_id: build_id.map(|b| b.to_string()),
+                found,
+                detail,
+                kernel_source: Some(kernel_source),
+            });
+            let Some(symbols) = symbols else {
+                for (_, c) in &addrs {
+                    report.unresolved.binary_not_found.add(c);
+                }
+                continue;
+            };
+            let vaddr = |off: u64| Some(kernel_symbol_address(&map, text, off));
+            let resolver = Resolver {
+                vaddr: &vaddr,
+                symbols,
+            };
+            out.add(
+                index,
+                key,
+                &resolver,
+                KERNEL_NAME,
+                &addrs,
+                naming,
+                &mut report.unresolved,
+            );
+            continue;
+        }
         let binary = match binaries.get(Path::new(&path), build_id.as_ref()) {
             Ok(b) => b,
             Err(e) => {
@@ -140,6 +298,7 @@ pub fn aggregate(index: &Index, binaries: &BinaryCache, naming: Naming) -> LineR
                     build_id: build_id.map(|b| b.to_string()),
                     found: false,
                     detail: e.to_string(),
+                    kernel_source: None,
                 });
                 continue;
             }
@@ -149,27 +308,69 @@ pub fn aggregate(index: &Index, binaries: &BinaryCache, naming: Naming) -> LineR
             build_id: build_id.map(|b| b.to_string()),
             found: true,
             detail: binary.path().display().to_string(),
+            kernel_source: None,
         });
-        let renames = match naming {
-            Naming::Dwarf => Renames::default(),
-            Naming::Perf => Renames::of(&binary),
+        let vaddr = |off: u64| binary.file_offset_to_vaddr(off);
+        let resolver = Resolver {
+            vaddr: &vaddr,
+            symbols: Symbols::Binary(&binary),
         };
-        let line_of = line_keys(index, key, &binary, &addrs, &renames);
-        aggregate_binary(
+        out.add(
             index,
             key,
-            &binary,
+            &resolver,
             &path,
             &addrs,
-            &line_of,
-            &mut lines,
-            &mut functions,
+            naming,
             &mut report.unresolved,
         );
     }
-    report.lines = lines.into_values().collect();
-    report.functions = functions.into_values().collect();
+    report.lines = out.lines.into_values().collect();
+    report.functions = out.functions.into_values().collect();
     report
+}
+
+/// Lines and functions being summed.
+#[derive(Default)]
+struct Out {
+    lines: BTreeMap<LineKey, LineCounts>,
+    functions: BTreeMap<(String, String), FunctionCounts>,
+}
+
+impl Out {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        index: &Index,
+        key: &BinaryKey,
+        resolver: &Resolver<'_>,
+        name: &str,
+        addrs: &[(u64, &Counts)],
+        naming: Naming,
+        unresolved: &mut Unresolved,
+    ) {
+        let line_of = match resolver.symbols.lines() {
+            Some(binary) => {
+                let renames = match naming {
+                    Naming::Dwarf => Renames::default(),
+                    Naming::Perf => Renames::of(binary),
+                };
+                line_keys(index, key, binary, resolver, addrs, &renames)
+            }
+            None => HashMap::new(),
+        };
+        aggregate_binary(
+            index,
+            key,
+            resolver,
+            name,
+            addrs,
+            &line_of,
+            &mut self.lines,
+            &mut self.functions,
+            unresolved,
+        );
+    }
 }
 
 /// The line of each counted offset, from the line-table rows of the ranges the offsets span.
@@ -177,6 +378,7 @@ fn line_keys(
     index: &Index,
     key: &BinaryKey,
     binary: &Binary,
+    resolver: &Resolver<'_>,
     addrs: &[(u64, &Counts)],
     renames: &Renames,
 ) -> HashMap<u64, LineKey> {
@@ -192,7 +394,7 @@ fn line_keys(
     };
     let vaddrs: Vec<(u64, u64)> = addrs
         .iter()
-        .filter_map(|&(off, _)| Some((binary.file_offset_to_vaddr(off)?, off)))
+        .filter_map(|&(off, _)| Some(((resolver.vaddr)(off)?, off)))
         .collect();
     // One line-table query per cluster of nearby code, not one per address.
     let mut i = 0;
@@ -229,7 +431,7 @@ fn line_keys(
 fn aggregate_binary(
     index: &Index,
     key: &BinaryKey,
-    binary: &Binary,
+    resolver: &Resolver<'_>,
     path: &str,
     addrs: &[(u64, &Counts)],
     line_of: &HashMap<u64, LineKey>,
@@ -250,13 +452,13 @@ fn aggregate_binary(
         }
     }
     for &(off, c) in addrs {
-        if let Some(vaddr) = binary.file_offset_to_vaddr(off) {
-            if let Some((sym, at)) = binary.symbol_at(vaddr) {
+        if let Some(vaddr) = (resolver.vaddr)(off) {
+            if let Some((sym, at)) = resolver.symbols.at(vaddr) {
                 let f = functions
-                    .entry((path.to_owned(), sym.name.clone()))
+                    .entry((path.to_owned(), sym.to_owned()))
                     .or_insert_with(|| FunctionCounts {
                         binary: path.to_owned(),
-                        name: sym.name.clone(),
+                        name: sym.to_owned(),
                         ..FunctionCounts::default()
                     });
                 if at == 0 {

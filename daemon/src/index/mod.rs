@@ -19,7 +19,10 @@ use crate::pt::flow::BranchKind;
 
 pub use build::build;
 pub use builder::IndexBuilder;
-pub use lines::{aggregate, BinaryReport, FunctionCounts, LineCounts, LineReport, Unresolved};
+pub use lines::{
+    aggregate, aggregate_with_kernel, BinaryReport, FunctionCounts, KernelSource, LineCounts,
+    LineReport, Unresolved,
+};
 pub use srcline::Naming;
 
 /// Which binary: by build-id when the recording has one (paths differ between machines and
