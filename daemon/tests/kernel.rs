@@ -234,6 +234,7 @@ fn skylake_kernel_is_reported_missing() {
         .find(|b| b["path"] == KERNEL_NAME)
         .expect("the kernel is named among the binaries");
     assert_eq!(kernel["found"], false);
+    assert_eq!(kernel["kernel_source"], "missing");
     // Decoding reaches kernel code (the trace starts in it) and fails to read it there: the
     // kernel is reported, but since no kernel instruction could be decoded there are no
     // instructions to count as unresolved. Only the trace-end branch from a kernel address,

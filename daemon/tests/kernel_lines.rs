@@ -288,6 +288,20 @@ fn vmlinux_found_by_build_id() {
     check_vmlinux_report(&s, &report, &index);
     assert_eq!(report.binaries[0].build_id, Some(id.to_string()));
 
+    // Or added to a build-id cache (`perf buildid-cache -a`), kept there as `elf`.
+    let cache = tempfile::tempdir().unwrap();
+    let hex = id.to_string();
+    let entry = cache
+        .path()
+        .join(".build-id")
+        .join(&hex[..2])
+        .join(&hex[2..]);
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::copy(&s.vmlinux, entry.join("elf")).unwrap();
+    let cached = BinaryCache::new(SearchPaths::new().with_buildid_dir(cache.path()));
+    let report = aggregate_with_kernel(&index, &cached, Naming::Dwarf, &[kernel_map()]);
+    check_vmlinux_report(&s, &report, &index);
+
     // Another kernel's build-id: the file is not taken, and nothing else resolves it.
     let other = kernel_key(BinaryId::BuildId(BuildId::new(&[7; 20]).unwrap()));
     let index = kernel_index(&other, &s.run_time_insns());
@@ -364,8 +378,29 @@ fn kallsyms_gives_functions_only() {
     let report = aggregate_with_kernel(&index, &binaries, Naming::Dwarf, &[kernel_map()]);
     check_kallsyms_report(&report, &index, &file, &s);
 
+    // perf's own copy in the build-id cache, for a kernel known by build-id.
+    let id = BuildId::new(&[0x5e; 20]).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let hex = id.to_string();
+    let entry = cache
+        .path()
+        .join(".build-id")
+        .join(&hex[..2])
+        .join(&hex[2..]);
+    std::fs::create_dir_all(&entry).unwrap();
+    let file = entry.join("kallsyms");
+    std::fs::write(&file, kallsyms_text(&s, 0xffffffff88000000)).unwrap();
+    let index = kernel_index(&kernel_key(BinaryId::BuildId(id)), &s.run_time_insns());
+    let binaries = BinaryCache::new(SearchPaths::new().with_buildid_dir(cache.path()));
+    let report = aggregate_with_kernel(&index, &binaries, Naming::Dwarf, &[kernel_map()]);
+    check_kallsyms_report(&report, &index, &file, &s);
+
     // Addresses hidden as zeros resolve nothing: the kernel is missing.
-    std::fs::write(&file, "0000000000000000 T _text\n0000000000000000 t add\n").unwrap();
+    std::fs::write(
+        kcore_dir.join("kallsyms"),
+        "0000000000000000 T _text\n0000000000000000 t add\n",
+    )
+    .unwrap();
     let binaries = BinaryCache::new(SearchPaths::new().with_kcore_dir(&kcore_dir));
     let report = aggregate_with_kernel(&index, &binaries, Naming::Dwarf, &[kernel_map()]);
     assert_eq!(

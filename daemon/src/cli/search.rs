@@ -19,7 +19,8 @@ pub struct BinarySearchArgs {
     #[arg(long, value_name = "FILE")]
     pub vmlinux: Option<PathBuf>,
 
-    /// The kernel symbol table, in /proc/kallsyms format (perf's --kallsyms).
+    /// The kernel symbol table, in /proc/kallsyms format (perf's --kallsyms): kernel functions
+    /// (no lines) when no vmlinux is found. Default: the recording's kcore_dir/kallsyms.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
 }

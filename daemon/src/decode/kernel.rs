@@ -70,7 +70,8 @@ fn open_vmlinux(path: &Path) -> Option<Vmlinux> {
 }
 
 /// The vmlinux perf would read for a kernel whose build-id is `build_id`: `--vmlinux` as it is,
-/// else the first of perf's standard paths (under `--symfs`) whose build-id matches. Shared by
+/// else the first whose build-id matches of a build-id cache's `elf` and perf's standard paths
+/// (under `--symfs`). Shared by
 /// the decoder (code bytes) and `index::aggregate` (symbols and lines), so both see one file.
 pub fn find_vmlinux(search: &SearchPaths, build_id: Option<&BuildId>) -> Option<Vmlinux> {
     // An explicit --vmlinux is taken as it is, as perf takes it.
@@ -78,8 +79,18 @@ pub fn find_vmlinux(search: &SearchPaths, build_id: Option<&BuildId>) -> Option<
         return Some(found);
     }
     let id = build_id?;
-    standard_vmlinux_paths().into_iter().find_map(|path| {
-        let path = search.under_symfs(&path);
+    // perf looks first for a vmlinux added to a build-id cache (`perf buildid-cache -a`), which
+    // is kept as an `elf` beside the `kallsyms` copies, then at its standard paths.
+    let hex = id.to_string();
+    let (head, tail) = hex.split_at(2.min(hex.len()));
+    let cached = search
+        .buildid_dirs
+        .iter()
+        .map(|dir| dir.join(".build-id").join(head).join(tail).join("elf"));
+    let standard = standard_vmlinux_paths()
+        .into_iter()
+        .map(|path| search.under_symfs(&path));
+    cached.chain(standard).find_map(|path| {
         let matches = BuildId::from_elf_file(&path)
             .ok()
             .flatten()
@@ -195,7 +206,7 @@ pub fn find_kallsyms(
         }
     }
     if tried.is_empty() {
-        tried.push("no --vmlinux, --kallsyms, kcore_dir or build-id matched vmlinux".to_owned());
+        tried.push("no --kallsyms, kcore_dir/kallsyms or build-id cache copy".to_owned());
     }
     Err(tried.join("; "))
 }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::debuginfo::{Binary, BinaryCache, BuildId, Kallsyms};
-use crate::decode::{find_kallsyms, find_vmlinux, kernel_symbol_address, KERNEL_NAME};
+use crate::decode::{
+    find_kallsyms, find_vmlinux, is_kernel_map, kernel_symbol_address, KERNEL_NAME,
+};
 use crate::sideband::Map;
 
 use super::srcline::{Naming, Renames};
@@ -179,14 +181,19 @@ fn find_kernel_symbols(binaries: &BinaryCache, build_id: Option<&BuildId>) -> Ke
     }
     match find_kallsyms(search, build_id) {
         Ok(found) => KernelSymbols::Kallsyms(found),
-        Err(tried) => KernelSymbols::Missing(format!("no vmlinux or kallsyms: {tried}")),
+        Err(tried) => KernelSymbols::Missing(format!(
+            "no vmlinux (--vmlinux, or one whose build-id matches) and no kallsyms: {tried}"
+        )),
     }
 }
 
 /// The kernel map a binary of the index stands for, if it is the kernel: the recording's map of
 /// that name, else (no maps given) one taken as unrelocated.
 fn kernel_map(path: &str, kernel_maps: &[Map]) -> Option<Map> {
-    if let Some(map) = kernel_maps.iter().find(|m| &*m.filename == path) {
+    if let Some(map) = kernel_maps
+        .iter()
+        .find(|m| is_kernel_map(m) && &*m.filename == path)
+    {
         return Some(map.clone());
     }
     let is_kernel = path.starts_with(KERNEL_NAME) || path.starts_with("[guest.kernel");
