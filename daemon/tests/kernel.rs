@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use ptlens::debuginfo::{Kallsyms, Kcore, SearchPaths};
-use ptlens::decode::{vmlinux_address, KernelCode, KERNEL_NAME};
+use ptlens::decode::{kernel_symbol_address, vmlinux_address, KernelCode, KERNEL_NAME};
 use ptlens::sideband::Map;
 
 /// A kernel map as perf records it: pid -1, `[kernel.kallsyms]_text`, `pgoff` the run-time
@@ -190,6 +190,25 @@ fn vmlinux_relocated_by_the_map() {
     let map = kernel_map(run_text, 0x1000);
     assert_eq!(
         vmlinux_address(&map, Some(link_text), run_text + 1),
+        link_text + 1
+    );
+    // The index names kernel code by the map's file offset (the run-time address when, as
+    // perf records it, `start` is `pgoff`); the report relocates it as the reader does, also
+    // for a map starting elsewhere.
+    let shifted = Map {
+        start: run_text - 0x1000,
+        len: 0x3000,
+        ..kernel_map(run_text, 0x1000)
+    };
+    for m in [&map, &shifted] {
+        let ip = run_text + 1;
+        assert_eq!(
+            kernel_symbol_address(m, Some(link_text), m.file_offset(ip)),
+            vmlinux_address(m, Some(link_text), ip)
+        );
+    }
+    assert_eq!(
+        kernel_symbol_address(&shifted, Some(link_text), shifted.file_offset(run_text + 1)),
         link_text + 1
     );
     // No _text known, or pgoff 0: taken as unrelocated.
