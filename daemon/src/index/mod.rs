@@ -12,9 +12,11 @@ pub mod lines;
 pub mod srcline;
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use crate::debuginfo::BuildId;
+use crate::pt::flow::insn::AddrHasher;
 use crate::pt::flow::BranchKind;
 
 pub use build::build;
@@ -183,18 +185,21 @@ pub struct UnmappedCounts {
     pub taken: u64,
 }
 
+/// A map keyed by code identity, hashed cheaply (it is updated per block and per branch).
+pub type CodeMap<V> = HashMap<CodeAddr, V, BuildHasherDefault<AddrHasher>>;
+
 /// Immutable counts of a decoded recording. Build with [`IndexBuilder`]; combine with
 /// [`Index::merge`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Index {
     /// Per instruction.
-    pub counts: HashMap<CodeAddr, Counts>,
+    pub counts: CodeMap<Counts>,
     /// Per instruction, its size and branch kind.
-    pub shapes: HashMap<CodeAddr, InsnShape>,
+    pub shapes: CodeMap<InsnShape>,
     /// Per thread (pid, tid), per instruction.
-    pub threads: BTreeMap<(i32, i32), HashMap<CodeAddr, Counts>>,
+    pub threads: BTreeMap<(i32, i32), CodeMap<Counts>>,
     /// Per indirect branch (jump, call, return), its targets and how often each was taken.
-    pub targets: HashMap<CodeAddr, BTreeMap<Target, u64>>,
+    pub targets: CodeMap<BTreeMap<Target, u64>>,
     /// Per AUX queue.
     pub queues: BTreeMap<u32, QueueSummary>,
     /// Per PSB segment, the code it ran and its time, sorted by (queue, offset): what
