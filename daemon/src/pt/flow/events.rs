@@ -10,7 +10,7 @@ use crate::pt::packets::{self, BlockContext, IpPayload, LastIp, Packet, PacketEr
 
 use super::errata::Errata;
 use super::insn::ExecMode;
-use super::time::{PerfTiming, Time};
+use super::time::{PacketContext, PerfTiming, Time};
 use super::ErrorKind;
 
 /// What happened, in the trace's order.
@@ -346,6 +346,8 @@ pub struct EventDecoder<'a> {
     /// Offset of the lookahead packet.
     packet_offset: usize,
     packet: Lookahead,
+    /// The packet before the lookahead one (PADs aside) was a CYC: perf's clock needs it.
+    after_cyc: bool,
     block: BlockContext,
     /// Offset of the PSB the decoder last synchronised at.
     sync: Option<usize>,
@@ -395,6 +397,7 @@ impl<'a> EventDecoder<'a> {
             pos: 0,
             packet_offset: 0,
             packet: Lookahead::Error(ErrorKind::Nosync),
+            after_cyc: false,
             block: BlockContext::None,
             sync: None,
             synced_at: None,
@@ -446,6 +449,16 @@ impl<'a> EventDecoder<'a> {
         self.pos
     }
 
+    /// Feeds the lookahead timing packet to the clock, with where it sits in the trace.
+    fn update_time(&mut self, packet: &Packet) {
+        let ctx = PacketContext {
+            after_cyc: self.after_cyc,
+            rest: self.data.get(self.pos..).unwrap_or(&[]),
+            block: self.block,
+        };
+        self.time.update_in(packet, &ctx);
+    }
+
     fn reset(&mut self) {
         self.packet = Lookahead::Error(ErrorKind::Nosync);
         self.event = None;
@@ -460,6 +473,7 @@ impl<'a> EventDecoder<'a> {
 
     /// Reads the next non-PAD packet into the lookahead.
     fn fetch_packet(&mut self) {
+        self.after_cyc = matches!(self.packet, Lookahead::Packet(Packet::Cyc { .. }));
         loop {
             self.packet_offset = self.pos;
             if self.pos >= self.data.len() {
@@ -597,11 +611,11 @@ impl<'a> EventDecoder<'a> {
             Packet::TipPge(ip) => self.decode_tip_pge(&ip),
             Packet::TipPgd(ip) => self.decode_tip_pgd(&ip),
             Packet::Tsc { .. } | Packet::Mtc { .. } | Packet::Tma(_) | Packet::Cyc { .. } => {
-                self.time.update(&packet);
+                self.update_time(&packet);
                 Ok(Step::Next)
             }
             Packet::Cbr { payload } => {
-                self.time.update(&packet);
+                self.update_time(&packet);
                 self.publish(
                     Event::new(EventKind::Cbr {
                         ratio: payload as u8,
@@ -996,10 +1010,10 @@ impl<'a> EventDecoder<'a> {
                     .queue
                     .push(bind::PSBEND, Event::new(EventKind::Mnt { payload }))?,
                 Packet::Tsc { .. } | Packet::Tma(_) | Packet::Mtc { .. } | Packet::Cyc { .. } => {
-                    self.time.update(&packet)
+                    self.update_time(&packet)
                 }
                 Packet::Cbr { payload } => {
-                    self.time.update(&packet);
+                    self.update_time(&packet);
                     push_status(
                         &mut self.queue,
                         EventKind::Cbr {
