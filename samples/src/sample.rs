@@ -13,9 +13,9 @@ use crate::recording::{self, RecordError, Recording, GROUND_TRUTH};
 
 pub const SOURCE: &str = "prog.c";
 /// Optional per-sample record options: `key=value` lines (`overflow_at`, `overflow_lost`, `per_cpu`,
-/// `quantum`, `aux_split`, `filter_function`: an address filter on that function of the program — or on
-/// each of several, comma-separated or on several lines —, its file offset and size found at
-/// regeneration with `nm -S` and `readelf -lW`), `#` comments.
+/// `quantum`, `aux_split`, `cyc` (1: cycle-accurate mode), `filter_function`: an address filter on
+/// that function of the program — or on each of several, comma-separated or on several lines —, its
+/// file offset and size found at regeneration with `nm -S` and `readelf -lW`), `#` comments.
 pub const OPTIONS: &str = "synth-options";
 pub const REFERENCE: &str = "perf-script-be.txt.zst";
 
@@ -174,6 +174,7 @@ pub fn options(
             "per_cpu" => opts.per_cpu = Some(u32::try_from(value).map_err(|_| bad())?),
             "quantum" => opts.quantum = value,
             "aux_split" => opts.encode.aux_split = usize::try_from(value).map_err(|_| bad())?,
+            "cyc" => opts.encode.cyc = value != 0,
             _ => return Err(bad()),
         }
     }
