@@ -506,7 +506,17 @@ impl<'a> EventDecoder<'a> {
                     }
                     self.packet = Lookahead::Packet(packet);
                 }
-                Err(error) => self.packet = Lookahead::Error(packet_error(error.kind)),
+                Err(error) => {
+                    // A packet cut by the end of the trace: libipt's end of stream, perf's
+                    // "Bad packet" (it does not join a packet split across buffers either).
+                    let kind = match error.kind {
+                        PacketErrorKind::Truncated if self.config.perf.is_some() => {
+                            ErrorKind::BadPacket
+                        }
+                        kind => packet_error(kind),
+                    };
+                    self.packet = Lookahead::Error(kind);
+                }
             }
             return;
         }
