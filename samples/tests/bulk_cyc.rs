@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ptlens_synth::{bulk, check, elf, encode, recording};
+use ptlens_synth::{bulk, check, elf, encode, recording, sample};
 use support::{scratch, tools_or_skip};
 
 mod support;
@@ -197,4 +197,41 @@ fn cycle_accurate_recording_decodes_exactly_with_fine_monotonic_times() {
     let coarse = (rec.stats.mtcs + rec.stats.pge + rec.stats.psbs) as usize;
     assert_monotonic_and_fine(&times, 4 * coarse);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cyc_threads_sample_regenerated_per_cpu_decodes_exactly_with_fine_times() {
+    if !tools_or_skip(
+        "cyc_threads_sample_regenerated_per_cpu_decodes_exactly_with_fine_times",
+        &["perf", "gcc"],
+    ) {
+        return;
+    }
+    let work = scratch("cyc-threads-work");
+    let out = scratch("cyc-threads-out");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("cyc-threads");
+    // synth-options turns cycle-accurate mode on for a per-CPU recording; regenerate() fails
+    // unless every thread's flow equals its ground truth with no decoder errors.
+    let (rec, verdict) =
+        sample::regenerate(&src, &work, &out, &recording::Options::default()).unwrap();
+    assert!(verdict.is_exact(), "{verdict}");
+    assert_eq!(rec.cpus, Some(2), "{rec}");
+    assert_eq!(rec.tasks, 4, "{rec}");
+    assert!(rec.stats.cycs > 5_000 && rec.stats.mtcs > 100, "{rec}");
+    // Each CPU's times never go back and are far finer than MTC alone.
+    let times = check::perf_script(&out, &["--itrace=i1i", "-F", "cpu,time", "--ns"]).unwrap();
+    let mut per_cpu: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for line in times.lines() {
+        let mut f = line.split_whitespace();
+        if let (Some(cpu), Some(t)) = (f.next(), f.next()) {
+            let t: f64 = t.trim_end_matches(':').parse().unwrap();
+            per_cpu.entry(cpu.to_string()).or_default().push(t);
+        }
+    }
+    assert_eq!(per_cpu.len(), 2, "{:?}", per_cpu.keys());
+    for times in per_cpu.values() {
+        assert_monotonic_and_fine(times, 2 * rec.stats.mtcs as usize);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&out);
 }
