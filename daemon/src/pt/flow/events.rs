@@ -326,6 +326,9 @@ impl<'a> Ahead<'a> {
     }
 }
 
+/// PSB segments a decoder starting in mid-trace replays for perf's clock.
+const WARM_SEGMENTS: usize = 1;
+
 /// Options of the event layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventConfig {
@@ -548,12 +551,61 @@ impl<'a> EventDecoder<'a> {
 
     /// Synchronises at the PSB at `offset`.
     pub fn sync_set(&mut self, offset: usize) -> Result<(), ErrorKind> {
+        let cold = self.sync.is_none();
         self.reset();
         self.time.restart(self.config);
         if self.data.get(offset..offset + PSB.len()) != Some(&PSB[..]) {
             return Err(ErrorKind::Nosync);
         }
+        if cold && self.config.perf.is_some() {
+            self.warm_clock(offset);
+        }
         self.sync_at(offset)
+    }
+
+    /// perf's clock carries state across a PSB that its PSB+ does not restore: the CYC
+    /// reference time, the cycles since and the calibrated rate. A decoder starting at a
+    /// PSB in mid-trace replays the timing packets of the segments before it
+    /// ([`WARM_SEGMENTS`]) to rebuild them. Exact when those segments hold an MTC that
+    /// follows a CYC whose time the earlier history did not decide; an approximation
+    /// otherwise.
+    fn warm_clock(&mut self, offset: usize) {
+        let mut from = offset;
+        for _ in 0..WARM_SEGMENTS {
+            match self
+                .data
+                .get(..from)
+                .and_then(|d| d.windows(PSB.len()).rposition(|w| w == PSB))
+            {
+                Some(psb) => from = psb,
+                None => break,
+            }
+        }
+        let (mut pos, mut block, mut after_cyc) = (from, BlockContext::None, false);
+        while pos < offset {
+            let Ok(packet) = packets::decode(self.data, pos, block) else {
+                break;
+            };
+            pos += packet.size();
+            block = block.after(&packet);
+            match packet {
+                Packet::Pad => continue,
+                Packet::Tsc { .. }
+                | Packet::Tma(_)
+                | Packet::Mtc { .. }
+                | Packet::Cyc { .. }
+                | Packet::Cbr { .. } => {
+                    let ctx = PacketContext {
+                        after_cyc,
+                        rest: self.data.get(pos..).unwrap_or(&[]),
+                        block,
+                    };
+                    self.time.update_in(&packet, &ctx);
+                }
+                _ => {}
+            }
+            after_cyc = matches!(packet, Packet::Cyc { .. });
+        }
     }
 
     fn sync_at(&mut self, psb: usize) -> Result<(), ErrorKind> {

@@ -488,6 +488,7 @@ impl TimeConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pt::flow::ErrorKind;
     use crate::pt::packets::{self, Tma};
 
     /// The samples' configuration: MTCFreq 3, TSC:CTC 200/2, max non-turbo ratio 24.
@@ -829,6 +830,56 @@ mod tests {
         // The buffer ends before the second MTC: no rate, the CYC runs at 0.75.
         let end = p.iter().map(Vec::len).sum::<usize>() - 2;
         assert_eq!(&run_to(&p, T0, end)[3..], &[750, 800, 1550, 1600]);
+    }
+
+    /// The TSCs of the TNT events an event decoder gives, from `sync` on.
+    fn tnt_times(
+        data: &[u8],
+        sync: impl FnOnce(&mut super::super::events::EventDecoder) -> Result<(), ErrorKind>,
+    ) -> Vec<u64> {
+        let mut dec = super::super::events::EventDecoder::new(data, perf_config());
+        sync(&mut dec).unwrap();
+        let mut out = Vec::new();
+        while let Ok(event) = dec.next_event() {
+            if matches!(event.kind, super::super::EventKind::Tnt { .. }) {
+                out.push(event.tsc.unwrap_or(0) - T0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn perf_cyc_state_crosses_a_psb_and_a_segment_decoded_alone_rebuilds_it() {
+        let psb_plus = |tsc: u64, ctc: u16, fc: u16| {
+            let fup = [0x7d, 0x00, 0x10, 0x40, 0x00, 0x00, 0x00];
+            [
+                packets::PSB.to_vec(),
+                enc::tsc(tsc),
+                enc::tma(ctc, fc),
+                enc::cbr(32),
+                fup.to_vec(),
+                vec![0x02, 0x23],
+            ]
+        };
+        let mut p = psb_plus(T0, 0x5c28, 0).to_vec();
+        p.extend([
+            enc::cyc(1000),
+            enc::mtc(0x86), // after a CYC: reference T0 + 800, no rate (the look-ahead meets the next TSC)
+            enc::tnt(),     // T0 + 800
+            enc::cyc(301),
+            enc::tnt(), // T0 + 800 + 225.75
+        ]);
+        let second = p.iter().map(Vec::len).sum::<usize>();
+        // TSC T0 + 1026, CTC 10 ticks and a remainder of 2 on: MTCs count from T0 + 800.
+        p.extend(psb_plus(T0 + 1026, 0x5c32, 26));
+        // The CBR is unchanged, so the reference stays T0 + 800: 305 cycles at 0.75 give
+        // T0 + 1028.75. A decoder that knew only this segment would take its TSC as the
+        // reference: T0 + 1026 + 3 = T0 + 1029.
+        p.extend([enc::cyc(4), enc::tnt()]);
+        let data: Vec<u8> = p.concat();
+        assert_eq!(tnt_times(&data, |d| d.sync_forward()), [800, 1025, 1028]);
+        assert_eq!(tnt_times(&data, |d| d.sync_set(second)), [1028]);
+        assert_eq!(tnt_times(&data[second..], |d| d.sync_forward()), [1029]);
     }
 
     #[test]
