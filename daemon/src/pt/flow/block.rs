@@ -185,6 +185,12 @@ impl<'a> BlockDecoder<'a> {
         }
     }
 
+    /// The trace is buffers joined: each ends at one of `ends` (ascending offsets). perf's
+    /// clock reads ahead only to the end of the current buffer.
+    pub fn set_buffer_ends(&mut self, ends: &'a [usize]) {
+        self.evdec.set_buffer_ends(ends);
+    }
+
     /// Uses `cache` (for example one kept from an earlier decoder over the same image).
     pub fn with_cache(mut self, cache: Cache) -> Self {
         self.cache = cache;

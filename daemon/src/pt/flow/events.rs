@@ -344,6 +344,8 @@ pub struct EventConfig {
 #[derive(Clone)]
 pub struct EventDecoder<'a> {
     data: &'a [u8],
+    /// Where the buffers joined in `data` end (ascending; empty: one buffer).
+    buffer_ends: &'a [usize],
     /// Offset after the lookahead packet.
     pos: usize,
     /// Offset of the lookahead packet.
@@ -397,6 +399,7 @@ impl<'a> EventDecoder<'a> {
     pub fn new(data: &'a [u8], config: EventConfig) -> Self {
         EventDecoder {
             data,
+            buffer_ends: &[],
             pos: 0,
             packet_offset: 0,
             packet: Lookahead::Error(ErrorKind::Nosync),
@@ -418,6 +421,19 @@ impl<'a> EventDecoder<'a> {
             ovf_ip_at: None,
             skip_at: None,
         }
+    }
+
+    /// The trace is buffers joined, each ending at one of `ends` (ascending offsets).
+    pub fn set_buffer_ends(&mut self, ends: &'a [usize]) {
+        self.buffer_ends = ends;
+    }
+
+    /// The bytes after `pos` up to the end of the buffer holding the packet at `at`: all
+    /// perf's look-ahead reads.
+    fn rest_of_buffer(&self, at: usize, pos: usize) -> &'a [u8] {
+        let i = self.buffer_ends.partition_point(|&end| end <= at);
+        let end = self.buffer_ends.get(i).copied().unwrap_or(self.data.len());
+        self.data.get(pos..end.min(self.data.len())).unwrap_or(&[])
     }
 
     /// Applies the workarounds for `errata`.
@@ -456,7 +472,7 @@ impl<'a> EventDecoder<'a> {
     fn update_time(&mut self, packet: &Packet) {
         let ctx = PacketContext {
             after_cyc: self.after_cyc,
-            rest: self.data.get(self.pos..).unwrap_or(&[]),
+            rest: self.rest_of_buffer(self.packet_offset, self.pos),
             block: self.block,
         };
         self.time.update_in(packet, &ctx);
@@ -586,6 +602,7 @@ impl<'a> EventDecoder<'a> {
             let Ok(packet) = packets::decode(self.data, pos, block) else {
                 break;
             };
+            let at = pos;
             pos += packet.size();
             block = block.after(&packet);
             match packet {
@@ -597,7 +614,7 @@ impl<'a> EventDecoder<'a> {
                 | Packet::Cbr { .. } => {
                     let ctx = PacketContext {
                         after_cyc,
-                        rest: self.data.get(pos..).unwrap_or(&[]),
+                        rest: self.rest_of_buffer(at, pos),
                         block,
                     };
                     self.time.update_in(&packet, &ctx);

@@ -837,7 +837,17 @@ mod tests {
         data: &[u8],
         sync: impl FnOnce(&mut super::super::events::EventDecoder) -> Result<(), ErrorKind>,
     ) -> Vec<u64> {
+        tnt_times_in(data, &[], sync)
+    }
+
+    /// As [`tnt_times`], for the buffers ending at `ends` joined.
+    fn tnt_times_in(
+        data: &[u8],
+        ends: &[usize],
+        sync: impl FnOnce(&mut super::super::events::EventDecoder) -> Result<(), ErrorKind>,
+    ) -> Vec<u64> {
         let mut dec = super::super::events::EventDecoder::new(data, perf_config());
+        dec.set_buffer_ends(ends);
         sync(&mut dec).unwrap();
         let mut out = Vec::new();
         while let Ok(event) = dec.next_event() {
@@ -848,20 +858,45 @@ mod tests {
         out
     }
 
+    /// PSB+ at `tsc` (with a TMA of `ctc` and `fc`, CBR 32, tracing on at a FUP).
+    fn psb_plus(tsc: u64, ctc: u16, fc: u16) -> Vec<Vec<u8>> {
+        let fup = [0x7d, 0x00, 0x10, 0x40, 0x00, 0x00, 0x00];
+        vec![
+            packets::PSB.to_vec(),
+            enc::tsc(tsc),
+            enc::tma(ctc, fc),
+            enc::cbr(32),
+            fup.to_vec(),
+            vec![0x02, 0x23],
+        ]
+    }
+
+    #[test]
+    fn perf_cyc_lookahead_stops_at_the_end_of_an_auxtrace_buffer() {
+        let mut p = psb_plus(T0, 0x5c28, 0);
+        p.extend([
+            enc::cyc(1000),
+            enc::mtc(0x86), // reference T0 + 800; ahead: 800 ticks over 1005 cycles
+            enc::tnt(),
+            enc::cyc(1000),
+            enc::tnt(), // T0 + 800 + 1000 * 800 / 1005 = T0 + 1596.02
+        ]);
+        let first = p.iter().map(Vec::len).sum::<usize>();
+        p.extend([enc::cyc(5), enc::mtc(0x87)]);
+        let data: Vec<u8> = p.concat();
+        assert_eq!(tnt_times(&data, |d| d.sync_forward()), [800, 1596]);
+        // perf joins the buffers into one stream but reads ahead only in the current one:
+        // the MTC that would calibrate is in the next buffer, so the CBR's rate stays.
+        let ends = [first, data.len()];
+        assert_eq!(
+            tnt_times_in(&data, &ends, |d| d.sync_forward()),
+            [800, 1550]
+        );
+    }
+
     #[test]
     fn perf_cyc_state_crosses_a_psb_and_a_segment_decoded_alone_rebuilds_it() {
-        let psb_plus = |tsc: u64, ctc: u16, fc: u16| {
-            let fup = [0x7d, 0x00, 0x10, 0x40, 0x00, 0x00, 0x00];
-            [
-                packets::PSB.to_vec(),
-                enc::tsc(tsc),
-                enc::tma(ctc, fc),
-                enc::cbr(32),
-                fup.to_vec(),
-                vec![0x02, 0x23],
-            ]
-        };
-        let mut p = psb_plus(T0, 0x5c28, 0).to_vec();
+        let mut p = psb_plus(T0, 0x5c28, 0);
         p.extend([
             enc::cyc(1000),
             enc::mtc(0x86), // after a CYC: reference T0 + 800, no rate (the look-ahead meets the next TSC)
