@@ -23,7 +23,7 @@ use super::pipeline::{
     prepare, queue_decoder, returns_to_user, segment_end, BlockRun, DecodeError, DecodeOptions,
     DecodeStats, Prepared, Queue, Runner, SegmentRef, Sink,
 };
-use super::queue::StateKind;
+use super::queue::{JoinedTrace, StateKind};
 
 /// How [`decode_parallel`] splits the work.
 #[derive(Debug, Clone, Copy)]
@@ -527,7 +527,7 @@ impl<T> Drop for PanicFlag<'_, T> {
 }
 
 /// Splits every queue's trace into chunks of whole PSB segments of about `chunk_bytes`.
-fn split(traces: &[(u32, i32, i32, Vec<u8>)], chunk_bytes: u64) -> Vec<Chunk> {
+fn split(traces: &[(u32, i32, i32, JoinedTrace)], chunk_bytes: u64) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for (t, (_, _, _, bytes)) in traces.iter().enumerate() {
         let mut psbs = Vec::new();

@@ -18,7 +18,7 @@ use crate::sideband::{Instant, Model, When};
 use super::event::{error_code, BranchEvent, BranchKind, Origin, TraceError};
 use super::filter::{parse_filter, FilterEntry, FilterParseError, RecordedFilter};
 use super::image::RecordingImage;
-use super::queue::{QueueDecoder, State, StateKind};
+use super::queue::{JoinedTrace, QueueDecoder, State, StateKind};
 
 /// Why a recording could not be decoded at all.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +232,7 @@ pub(super) struct Prepared<'m> {
     pub(super) times: Vec<u64>,
     pub(super) image: RecordingImage<'m>,
     /// Per AUX queue: index, tid, cpu, its buffers joined.
-    pub(super) traces: Vec<(u32, i32, i32, Vec<u8>)>,
+    pub(super) traces: Vec<(u32, i32, i32, JoinedTrace)>,
     pub(super) config: BlockConfig,
     /// The recorded address filter's entries, when the recording has a non-empty one.
     pub(super) filter: Option<Vec<FilterEntry>>,
@@ -244,12 +244,12 @@ pub(super) struct Prepared<'m> {
 /// thread as the sideband has it when the queue runs, exactly the maps its code is read
 /// through), per process and per time, per-CPU queues included.
 pub(super) fn queue_decoder<'a>(
-    trace: &'a [u8],
+    trace: &'a JoinedTrace,
     image: &'a dyn Image,
     config: BlockConfig,
     filter: Option<&'a RecordedFilter<'a>>,
 ) -> QueueDecoder<'a> {
-    let decoder = QueueDecoder::new(trace, image, config);
+    let decoder = QueueDecoder::over(trace, image, config);
     match filter {
         Some(filter) => decoder.with_pgd_filter(filter),
         None => decoder,
@@ -293,14 +293,11 @@ pub(super) fn prepare<'m>(
     let image = RecordingImage::new(model, binaries, epochs);
 
     // Consecutive buffers of a queue are one stream (last IP, return stack carry over).
-    let traces: Vec<(u32, i32, i32, Vec<u8>)> = aux
+    let traces: Vec<(u32, i32, i32, JoinedTrace)> = aux
         .queues
         .iter()
         .map(|q| {
-            let mut bytes = Vec::with_capacity(q.size() as usize);
-            for b in &q.buffers {
-                bytes.extend_from_slice(b.auxtrace.data);
-            }
+            let bytes = JoinedTrace::join(q.buffers.iter().map(|b| b.auxtrace.data));
             let tid = q.tid().map_or(-1, as_i32);
             let cpu = q.cpu().map_or(-1, as_i32);
             (q.idx, tid, cpu, bytes)

@@ -99,6 +99,32 @@ fn perf_code(kind: ErrorKind) -> u32 {
     }
 }
 
+/// A queue's AUXTRACE buffers joined into one stream, and where each ended: perf decodes
+/// them as one stream, but its CYC look-ahead stops at a buffer's end.
+#[derive(Debug, Default)]
+pub(crate) struct JoinedTrace {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl JoinedTrace {
+    pub fn join<'b>(buffers: impl IntoIterator<Item = &'b [u8]>) -> Self {
+        let mut trace = JoinedTrace::default();
+        for b in buffers {
+            trace.bytes.extend_from_slice(b);
+            trace.ends.push(trace.bytes.len());
+        }
+        trace
+    }
+}
+
+impl std::ops::Deref for JoinedTrace {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// The decoder of one queue's trace, producing perf's states one at a time.
 pub(crate) struct QueueDecoder<'a> {
     trace: &'a [u8],
@@ -153,6 +179,13 @@ impl<'a> QueueDecoder<'a> {
     pub fn with_pgd_filter(mut self, filter: &'a dyn PgdFilter) -> Self {
         self.decoder = self.decoder.with_pgd_filter(filter);
         self
+    }
+
+    /// As [`Self::new`], over a queue's joined buffers.
+    pub fn over(trace: &'a JoinedTrace, image: &'a dyn Image, config: BlockConfig) -> Self {
+        let mut decoder = QueueDecoder::new(trace, image, config);
+        decoder.decoder.set_buffer_ends(&trace.ends);
+        decoder
     }
 
     /// Decodes only the PSB segments whose PSB lies in `start..end`, from the PSB at `start`
