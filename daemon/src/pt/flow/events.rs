@@ -326,8 +326,9 @@ impl<'a> Ahead<'a> {
     }
 }
 
-/// PSB segments a decoder starting in mid-trace replays for perf's clock.
-const WARM_SEGMENTS: usize = 1;
+/// PSB segments a decoder starting in mid-trace replays for perf's clock: one usually
+/// suffices (its first MTC after a CYC resets the CYC reference); two leave less to chance.
+const WARM_SEGMENTS: usize = 2;
 
 /// Options of the event layer.
 #[derive(Debug, Clone, Copy, Default)]
