@@ -1,9 +1,13 @@
 //! "Events at this code" from the index's PSB segments: decoding again only the segments the
 //! index says ran a branch instruction gives exactly the events of a full decode at it (same
-//! from, to, flags, thread, CPU and time), for every branch instruction of the sample.
+//! from, to, flags, thread, CPU and time, in the same order per CPU or thread), for branch
+//! instructions spread over each committed sample (a few hundred of single-thread's).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::Path;
+
+#[path = "perf_support.rs"]
+mod perf_support;
 
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
 use ptlens::decode::{self, BlockRun, BranchEvent, BranchKind, DecodeOptions, Sink};
@@ -53,22 +57,33 @@ fn branch_from(event: &BranchEvent) -> Option<u64> {
     }
 }
 
-#[test]
-fn segments_touching_a_branch_give_its_events() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/single-thread");
+/// The events of each queue (CPU, or thread when per-thread), in order: segments decoded
+/// again come queue by queue, a full decode in perf's order across queues.
+fn per_queue(events: &[BranchEvent]) -> BTreeMap<(i32, i32), Vec<BranchEvent>> {
+    let mut out: BTreeMap<(i32, i32), Vec<BranchEvent>> = BTreeMap::new();
+    for e in events {
+        let o = &e.origin;
+        let key = if o.cpu == -1 {
+            (-1, o.tid)
+        } else {
+            (o.cpu, -1)
+        };
+        out.entry(key).or_default().push(e.clone());
+    }
+    out
+}
+
+/// Checks at most `limit` branch sources of the sample in `dir`, spread evenly.
+fn check(dir: &Path, limit: usize) {
     let data = PerfData::open(dir.join("perf.data")).unwrap();
     let recording = data.recording().unwrap();
     let model = Model::build(&recording);
-    let binaries = BinaryCache::new(SearchPaths::new().with_buildid_dir(&dir));
+    let binaries = BinaryCache::new(SearchPaths::new().with_buildid_dir(dir));
     let options = DecodeOptions::default();
     let mut full = Full::default();
     decode::decode(&recording, &model, &binaries, &options, &mut full).unwrap();
     let index = std::mem::take(&mut full.index).finish();
-    assert!(
-        index.segments.len() > 1,
-        "{} segments",
-        index.segments.len()
-    );
+    assert!(!index.segments.is_empty(), "{}: no segments", dir.display());
 
     // Full-decode events per branch source.
     let mut by_source: BTreeMap<u64, Vec<BranchEvent>> = BTreeMap::new();
@@ -77,9 +92,10 @@ fn segments_touching_a_branch_give_its_events() {
             by_source.entry(from).or_default().push(e.clone());
         }
     }
+    let step = by_source.len().div_ceil(limit).max(1);
     let mut checked = 0;
     let mut decoded = 0usize;
-    for (from, expected) in &by_source {
+    for (from, expected) in by_source.iter().step_by(step) {
         let Some((binary, offset)) = full.sources.get(from) else {
             continue;
         };
@@ -103,12 +119,31 @@ fn segments_touching_a_branch_give_its_events() {
             &mut sink,
         )
         .unwrap();
-        assert_eq!(&got, expected, "events from {from:#x}");
+        assert_eq!(
+            per_queue(&got),
+            per_queue(expected),
+            "{}: events from {from:#x}",
+            dir.display()
+        );
         checked += 1;
     }
-    assert!(checked > 10, "{checked} branch sources checked");
+    assert!(
+        checked >= by_source.len().min(limit).min(5),
+        "{}: {checked} of {} branch sources checked",
+        dir.display(),
+        by_source.len()
+    );
     eprintln!(
-        "{checked} branch sources, {} segments, {decoded} segment decodes",
+        "{}: {checked} branch sources, {} segments, {decoded} segment decodes",
+        dir.display(),
         index.segments.len()
     );
+}
+
+#[test]
+fn segments_touching_a_branch_give_its_events() {
+    for dir in perf_support::samples() {
+        let many = dir.ends_with("single-thread");
+        check(&dir, if many { 400 } else { 40 });
+    }
 }
