@@ -1,7 +1,8 @@
 //! "Events at this code" from the index's PSB segments: decoding again only the segments the
 //! index says ran a branch instruction gives exactly the events of a full decode at it (same
 //! from, to, flags, thread, CPU and time, in the same order per CPU or thread), for branch
-//! instructions spread over each committed sample (a few hundred of single-thread's).
+//! instructions spread over each committed sample (a few hundred of single-thread's), with one
+//! `SegmentDecoder` per recording.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,7 +11,9 @@ use std::path::Path;
 mod perf_support;
 
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
-use ptlens::decode::{self, BlockRun, BranchEvent, BranchKind, DecodeOptions, Sink};
+use ptlens::decode::{
+    self, BlockRun, BranchEvent, BranchKind, DecodeOptions, SegmentDecoder, Sink,
+};
 use ptlens::index::{BinaryId, BinaryKey, IndexBuilder};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
@@ -92,6 +95,7 @@ fn check(dir: &Path, limit: usize) {
             by_source.entry(from).or_default().push(e.clone());
         }
     }
+    let segments = SegmentDecoder::new(&recording, &model, &binaries).unwrap();
     let step = by_source.len().div_ceil(limit).max(1);
     let mut checked = 0;
     let mut decoded = 0usize;
@@ -110,15 +114,7 @@ fn check(dir: &Path, limit: usize) {
                 got.push(e.clone());
             }
         };
-        decode::decode_segments(
-            &recording,
-            &model,
-            &binaries,
-            &options,
-            &mut refs.into_iter(),
-            &mut sink,
-        )
-        .unwrap();
+        segments.decode(&mut refs.into_iter(), &mut sink);
         assert_eq!(
             per_queue(&got),
             per_queue(expected),

@@ -21,5 +21,5 @@ pub use kernel::{
     find_kallsyms, find_vmlinux, is_kernel_map, kernel_symbol_address, vmlinux_address,
     FoundKallsyms, KernelCode, Vmlinux, KERNEL_NAME,
 };
-pub use parallel::{decode_parallel, decode_segments, ParallelOptions};
+pub use parallel::{decode_parallel, decode_segments, ParallelOptions, SegmentDecoder};
 pub use pipeline::{decode, BlockRun, DecodeError, DecodeOptions, DecodeStats, SegmentRef, Sink};

@@ -78,7 +78,7 @@ struct Outcome {
 /// Sideband times and their TSCs, to find the record perf has applied at a queue time.
 struct Clock<'t> {
     times: &'t [u64],
-    tscs: Vec<u64>,
+    tscs: &'t [u64],
     timeless: bool,
 }
 
@@ -230,10 +230,109 @@ fn psb_tsc(trace: &[u8], psb: usize) -> Option<u64> {
     None
 }
 
-/// Decodes again only the PSB segments `segments` of `recording` (as [`crate::index::Index`]
-/// names them) and hands their branch events and blocks to `sink`, with the threads, CPUs and
-/// times a full [`super::decode`] gives them: each segment alone from its PSB, timed from the
-/// queue's time before it.
+/// Decodes PSB segments of one recording again, as often as asked ("the events at this
+/// line"): the setup (sideband times, code image, joined traces) is made once.
+pub struct SegmentDecoder<'m> {
+    model: &'m Model,
+    prepared: Prepared<'m>,
+    /// TSCs of the sideband records' times.
+    tscs: Vec<u64>,
+}
+
+impl<'m> SegmentDecoder<'m> {
+    pub fn new(
+        recording: &Recording<'_>,
+        model: &'m Model,
+        binaries: &'m BinaryCache,
+    ) -> Result<SegmentDecoder<'m>, DecodeError> {
+        let prepared = prepare(recording, model, binaries)?;
+        let tscs = prepared
+            .times
+            .iter()
+            .map(|&t| model.perf_to_tsc(t))
+            .collect();
+        Ok(SegmentDecoder {
+            model,
+            prepared,
+            tscs,
+        })
+    }
+
+    /// Decodes the PSB segments `segments` (as [`crate::index::Index`] names them) and hands
+    /// their branch events and blocks to `sink`, with the threads, CPUs and times a full
+    /// [`super::decode`] gives them: each segment alone from its PSB, timed from the queue's
+    /// time before it. Segments come in (queue, offset) order.
+    pub fn decode(
+        &self,
+        segments: &mut dyn Iterator<Item = SegmentRef>,
+        sink: &mut dyn Sink,
+    ) -> DecodeStats {
+        let Prepared {
+            times,
+            image,
+            traces,
+            config,
+            filter,
+        } = &self.prepared;
+        let image_ref: &dyn Image = image;
+        let filter = filter
+            .clone()
+            .map(|entries| RecordedFilter::new(entries, image));
+        let mut run = Runner::new(
+            self.model,
+            image,
+            sink,
+            DecodeStats {
+                queues: traces.len(),
+                ..DecodeStats::default()
+            },
+        );
+        let clock = Clock {
+            times,
+            tscs: &self.tscs,
+            timeless: run.timeless,
+        };
+        // perf's order within a queue is trace order.
+        let mut wanted: Vec<SegmentRef> = segments.collect();
+        wanted.sort_unstable();
+        wanted.dedup_by_key(|s| (s.queue, s.offset));
+        for seg in wanted {
+            let Some((idx, tid, cpu, bytes)) = traces.iter().find(|t| t.0 == seg.queue) else {
+                continue;
+            };
+            let Ok(psb) = usize::try_from(seg.offset) else {
+                continue;
+            };
+            run.stats.trace_bytes += segment_end(bytes, psb).saturating_sub(seg.offset);
+            let mut q = Queue {
+                idx: *idx,
+                tid: *tid,
+                cpu: *cpu,
+                decoder: queue_decoder(bytes, image_ref, *config, filter.as_ref()),
+                timestamp: 0,
+                segment_tsc: (None, 0, 0),
+                pending: None,
+            };
+            let start = Start {
+                timestamp: seg.queue_tsc,
+                started: seg.queue_tsc != 0 || run.timeless,
+            };
+            decode_chunk(
+                &mut run,
+                &clock,
+                &mut q,
+                (psb, psb.saturating_add(1)),
+                start,
+            );
+        }
+        let mut stats = run.stats;
+        stats.missing_binaries = image.missing();
+        stats
+    }
+}
+
+/// [`SegmentDecoder::decode`] once: decodes again only the PSB segments `segments` of
+/// `recording`.
 pub fn decode_segments(
     recording: &Recording<'_>,
     model: &Model,
@@ -242,65 +341,7 @@ pub fn decode_segments(
     segments: &mut dyn Iterator<Item = SegmentRef>,
     sink: &mut dyn Sink,
 ) -> Result<DecodeStats, DecodeError> {
-    let Prepared {
-        times,
-        image,
-        traces,
-        config,
-        filter,
-    } = prepare(recording, model, binaries)?;
-    let image_ref: &dyn Image = &image;
-    let filter = filter.map(|entries| RecordedFilter::new(entries, &image));
-    let mut run = Runner::new(
-        model,
-        &image,
-        sink,
-        DecodeStats {
-            queues: traces.len(),
-            ..DecodeStats::default()
-        },
-    );
-    let clock = Clock {
-        times: &times,
-        tscs: times.iter().map(|&t| model.perf_to_tsc(t)).collect(),
-        timeless: run.timeless,
-    };
-    // perf's order within a queue is trace order.
-    let mut wanted: Vec<SegmentRef> = segments.collect();
-    wanted.sort_unstable();
-    wanted.dedup_by_key(|s| (s.queue, s.offset));
-    for seg in wanted {
-        let Some((idx, tid, cpu, bytes)) = traces.iter().find(|t| t.0 == seg.queue) else {
-            continue;
-        };
-        let Ok(psb) = usize::try_from(seg.offset) else {
-            continue;
-        };
-        run.stats.trace_bytes += segment_end(bytes, psb).saturating_sub(seg.offset);
-        let mut q = Queue {
-            idx: *idx,
-            tid: *tid,
-            cpu: *cpu,
-            decoder: queue_decoder(bytes, image_ref, config, filter.as_ref()),
-            timestamp: 0,
-            segment_tsc: (None, 0, 0),
-            pending: None,
-        };
-        let start = Start {
-            timestamp: seg.queue_tsc,
-            started: seg.queue_tsc != 0 || run.timeless,
-        };
-        decode_chunk(
-            &mut run,
-            &clock,
-            &mut q,
-            (psb, psb.saturating_add(1)),
-            start,
-        );
-    }
-    let mut stats = run.stats;
-    stats.missing_binaries = image.missing();
-    Ok(stats)
+    Ok(SegmentDecoder::new(recording, model, binaries)?.decode(segments, sink))
 }
 
 /// A chunk to decode: whole segments of one queue.
@@ -348,9 +389,10 @@ where
         .max(1);
     let chunks = split(&traces, chunk_bytes);
     let timeless = model.pt.as_ref().is_some_and(|pt| pt.timeless_decoding());
+    let tscs: Vec<u64> = times.iter().map(|&t| model.perf_to_tsc(t)).collect();
     let clock = Clock {
         times: &times,
-        tscs: times.iter().map(|&t| model.perf_to_tsc(t)).collect(),
+        tscs: &tscs,
         timeless,
     };
     let image_ref: &dyn Image = &image;
