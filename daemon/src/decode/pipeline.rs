@@ -49,11 +49,11 @@ pub struct BlockRun<'b> {
     /// Perf time of the block's last timing packet ([`Block::tsc`]); `None` when timeless.
     pub time: Option<u64>,
     /// The queue's time (TSC) before the segment's first state: what a decode of the segment
-    /// alone starts its clock from ([`decode_segments`]).
+    /// alone starts its clock from ([`super::decode_segments`]).
     pub queue_tsc: u64,
 }
 
-/// A PSB segment to decode again with [`decode_segments`].
+/// A PSB segment to decode again with [`super::decode_segments`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SegmentRef {
     pub queue: u32,
@@ -226,7 +226,7 @@ pub fn decode(
     decode_prepared(model, pt, &times, &image, &mut queues, total, options, sink)
 }
 
-/// What [`decode`] and [`decode_segments`] need from a recording before decoding.
+/// What [`decode`] and [`super::decode_segments`] need from a recording before decoding.
 pub(super) struct Prepared<'m> {
     /// Perf times of the sideband records.
     pub(super) times: Vec<u64>,
