@@ -1,5 +1,5 @@
 //! The index: execution counts keyed by code identity (machine, binary, file offset), built as
-//! a [`Sink`] of the decode pipeline and aggregated to source lines on demand ([`lines`]).
+//! a [`Sink`](crate::decode::Sink) of the decode pipeline and aggregated to source lines on demand ([`lines`]).
 //!
 //! Counts are keyed by the binary's build-id (or recorded path without one) and the file
 //! offset, never by virtual address, so they survive ASLR and merge across processes. An

@@ -58,7 +58,7 @@ pub struct EventAttr<'a> {
 }
 
 impl<'a> EventAttr<'a> {
-    /// Parses the attr in `raw` (at least [`ATTR_SIZE_VER0`] bytes; `raw` ends where the file says it
+    /// Parses the attr in `raw` (at least `ATTR_SIZE_VER0` bytes; `raw` ends where the file says it
     /// does, which may differ from the attr's own `size`).
     pub fn parse(raw: Bytes<'a>, ids: Vec<u64>) -> Result<Self> {
         raw.slice(0, ATTR_SIZE_VER0, "perf_event_attr")?;

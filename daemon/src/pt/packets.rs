@@ -193,7 +193,7 @@ impl Tnt {
 /// Paging Information Packet (PIP): CR3 and the non-root (NR) bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pip {
-    /// The 48-bit payload as encoded: bit 0 = NR, bits 47:1 = CR3[51:5].
+    /// The 48-bit payload as encoded: bit 0 = NR, bits 47:1 = `CR3[51:5]`.
     pub payload: u64,
 }
 
@@ -266,11 +266,11 @@ impl ModeTsx {
 /// Mini Time Counter packet's companion: TSC/MTC Alignment (TMA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tma {
-    /// CTC[15:0] at the time of the preceding TSC.
+    /// `CTC[15:0]` at the time of the preceding TSC.
     pub ctc: u16,
     /// The reserved byte between CTC and FastCounter (zero in a well-formed packet).
     pub reserved: u8,
-    /// Bytes 5 and 6 as encoded: FastCounter[8:0] in bits 8:0, the rest reserved.
+    /// Bytes 5 and 6 as encoded: `FastCounter[8:0]` in bits 8:0, the rest reserved.
     pub fast_counter_raw: u16,
 }
 

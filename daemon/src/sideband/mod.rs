@@ -2,7 +2,7 @@
 //! spaces and per-CPU scheduling of a recording, built in one pass over its records.
 //!
 //! Records are applied in the order perf applies them (its ordered-events queue, see
-//! [`order`]), and every change is tagged with its position in that order. A query names a
+//! `order`), and every change is tagged with its position in that order. A query names a
 //! moment — a perf time, a TSC value or an [`Instant`] — which resolves to "the changes
 //! applied so far" by one binary search; nothing is mutated after [`Model::build`], so PSB
 //! segments can be decoded in parallel against one `&Model`.
