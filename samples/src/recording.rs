@@ -90,7 +90,7 @@ impl AddrFilter {
         Ok(AddrFilter { ranges })
     }
 
-    /// The string perf writes into AUXTRACE_INFO after priv[16]: one entry per range, joined by
+    /// The string perf writes into AUXTRACE_INFO after `priv[16]`: one entry per range, joined by
     /// commas without spaces (as `evsel__append_addr_filter` joins them).
     pub fn perf_string(&self) -> String {
         let entries: Vec<String> = self
