@@ -53,18 +53,18 @@ pub struct IndexBuilder {
     blocks: FastMap<BlockKey, u64>,
     /// Per queue key, a branch target not decoded yet (a trace start is reported before the
     /// block it starts): its entry is counted when the block arrives.
-    pending_entry: HashMap<QueueKey, ((i32, i32), u64)>,
+    pending_entry: FastMap<QueueKey, ((i32, i32), u64)>,
     /// Per queue key, the code identity of IPs its recent blocks started, ended or branched at.
-    recent: HashMap<QueueKey, FastMap<u64, Option<CodeAddr>>>,
+    recent: FastMap<QueueKey, FastMap<u64, Option<CodeAddr>>>,
     /// The same for all queues, when an event's origin names no queue seen.
     recent_any: FastMap<u64, Option<CodeAddr>>,
-    queue_of: HashMap<QueueKey, u32>,
+    queue_of: FastMap<QueueKey, u32>,
     /// Per (queue, PSB offset): the segment so far and the code ranges its blocks ran.
-    segments: HashMap<(u32, u64), (Segment, FastSet<CodeRange>)>,
+    segments: FastMap<(u32, u64), (Segment, FastSet<CodeRange>)>,
     /// Per queue key, the first block counted (its IP and code), unless a branch target was
     /// left pending before it: what settles the pending entry of the chunk before this one
     /// ([`IndexBuilder::settle`]).
-    opening: HashMap<QueueKey, Option<(u64, CodeAddr)>>,
+    opening: FastMap<QueueKey, Option<(u64, CodeAddr)>>,
 }
 
 /// Adds `times` executions of the instructions `insns` (offsets relative to `start`).
@@ -383,12 +383,12 @@ impl Sink for IndexBuilder {
             self.index.unmapped.instructions += u64::from(block.ninsn);
             return;
         };
-        let path = run
-            .image
-            .map_for(&block.ctx, block.ip)
-            .map(|m| m.filename.clone());
-        if let Some(path) = path {
-            self.index.paths.entry(start.binary.clone()).or_insert(path);
+        if !self.index.paths.contains_key(&start.binary) {
+            if let Some(map) = run.image.map_for(&block.ctx, block.ip) {
+                self.index
+                    .paths
+                    .insert(start.binary.clone(), map.filename.clone());
+            }
         }
         let known = self.insns(
             run.image,
