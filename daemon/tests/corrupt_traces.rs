@@ -291,6 +291,9 @@ impl Reference {
 fn damaged_samples_decode_up_to_the_damage_and_resume() {
     let perf = perf_support::have_perf();
     let tmp = tempfile::tempdir().unwrap();
+    // PTLENS_KEEP_DAMAGED=DIR keeps the damaged copies there, to look at a difference.
+    let kept = std::env::var_os("PTLENS_KEEP_DAMAGED").map(PathBuf::from);
+    let tmp_path = kept.as_deref().unwrap_or(tmp.path());
     for dir in samples() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let buildid_dir = dir.clone();
@@ -324,7 +327,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             data[a.payload + at] = 0x02;
             data[a.payload + at + 1] = 0xff;
             let what = format!("{name}: bad packet at payload offset {at} (seed {seed})");
-            let file = write_copy(tmp.path(), &format!("{name}-bad{seed}"), &data);
+            let file = write_copy(tmp_path, &format!("{name}-bad{seed}"), &data);
             let events = run_clean(&file, &buildid_dir, seed == 0)
                 .unwrap_or_else(|| panic!("{what}: failed"));
             assert!(
@@ -371,7 +374,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
                 data[at] ^= 1 << rng.below(8);
             }
             let what = format!("{name}: flipped bits (seed {seed})");
-            let file = write_copy(tmp.path(), &format!("{name}-flip{seed}"), &data);
+            let file = write_copy(tmp_path, &format!("{name}-flip{seed}"), &data);
             if let Some(events) = run_clean(&file, &buildid_dir, false) {
                 let first_error = events.iter().position(Event::is_error);
                 if let (Some(e), true) = (first_error, perf && seed == 0) {
@@ -400,7 +403,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             put_u64(&mut data, last.record + 8, keep as u64);
             remove_in_data(&mut data, last.payload + keep, last.size - keep);
             let what = format!("{name}: last payload cut to {keep} bytes");
-            let file = write_copy(tmp.path(), &format!("{name}-short"), &data);
+            let file = write_copy(tmp_path, &format!("{name}-short"), &data);
             let events = run_clean(&file, &buildid_dir, true).unwrap_or_else(|| panic!("{what}"));
             reference.check_prefix_per_thread(&events, &what);
             assert!(
@@ -414,7 +417,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
         // `perf script` dies of SIGBUS reading the payload (see ARCHITECTURE.md), so there is
         // no perf stream to compare with.
         let data = &original[..last.payload + last.size / 2];
-        let file = write_copy(tmp.path(), &format!("{name}-cut"), data);
+        let file = write_copy(tmp_path, &format!("{name}-cut"), data);
         run_clean(&file, &buildid_dir, true);
     }
 }

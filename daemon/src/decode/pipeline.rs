@@ -317,6 +317,7 @@ pub(super) fn prepare<'m>(
                 max_non_turbo_ratio: u32::try_from(pt.max_nonturbo_ratio).unwrap_or(0),
             }),
         },
+        perf_resync: true,
         ..BlockConfig::default()
     };
     // Only a recording with a non-empty filter string gets address ranges.

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::pt::flow::{
     Block, BlockConfig, BlockDecoder, BranchKind as InsnBranch, ErrorKind, Event, EventKind, Image,
-    InsnClass, PgdFilter, Status,
+    InsnClass, PerfWalk, PgdFilter, ResyncIp, Status, WalkStep,
 };
 
 use super::event::{error_code, BranchFlags};
@@ -55,6 +55,8 @@ struct Pending {
 #[derive(Debug, Clone, Copy)]
 enum Phase {
     NeedSync,
+    /// perf's `INTEL_PT_STATE_NO_IP` / `INTEL_PT_STATE_ERR_RESYNC`: scanning for an IP.
+    Resync(PerfWalk),
     Running(Status),
     Done,
 }
@@ -147,6 +149,11 @@ pub(crate) struct QueueDecoder<'a> {
     /// Decoding a run of segments alone (the PSB offsets `start..end`): stop once their
     /// states are all out.
     only: Option<(usize, usize)>,
+    /// Resume after errors as perf does ([`BlockConfig::perf_resync`]).
+    perf_resync: bool,
+    /// Where the last perf resync resumed: the next one scans from after it at least, so
+    /// every resync consumes trace.
+    resumed_at: usize,
 }
 
 impl<'a> QueueDecoder<'a> {
@@ -172,6 +179,8 @@ impl<'a> QueueDecoder<'a> {
             segment: None,
             next_segment: None,
             only: None,
+            perf_resync: config.perf_resync,
+            resumed_at: 0,
         }
     }
 
@@ -344,6 +353,7 @@ impl<'a> QueueDecoder<'a> {
                     }
                 }
             },
+            Phase::Resync(walk) => self.resync_step(walk),
             Phase::Running(status) => {
                 if status.event_pending() {
                     let ip = self.decoder.ip();
@@ -383,7 +393,12 @@ impl<'a> QueueDecoder<'a> {
                     }
                     Err(kind) => {
                         self.on_block(&block, false);
-                        let ip = crate::pt::flow::error_ip(&mut self.decoder, &block, kind);
+                        // perf reports a bad packet at the IP its walk had reached.
+                        let ip = if self.perf_resync && self.decoder.bad_packet_at().is_some() {
+                            self.decoder.ip()
+                        } else {
+                            crate::pt::flow::error_ip(&mut self.decoder, &block, kind)
+                        };
                         self.fail(kind, ip);
                     }
                 }
@@ -401,8 +416,84 @@ impl<'a> QueueDecoder<'a> {
             self.finish();
             return;
         }
-        self.push_error(kind, perf_code(kind), ip);
+        let code = perf_code(kind);
+        self.push_error(kind, code, ip);
         self.phase = Phase::NeedSync;
+        if !self.perf_resync {
+            return;
+        }
+        // perf 6.1 (intel-pt-decoder.c): a packet it cannot decode leaves its state as it was
+        // (`intel_pt_bad_packet`) and it reads on from the next byte; code it cannot get
+        // (`intel_pt_walk_insn`: `INTEL_PT_STATE_NO_IP`) or trace that does not fit the code
+        // (`INTEL_PT_STATE_ERR_RESYNC`) sends it scanning for the next IP packet
+        // (`intel_pt_sync_ip`); anything else (`intel_pt_bug`) for the next PSB.
+        if code == error_code::BADPKT && self.decoder.bad_packet_at().is_some() {
+            match self.decoder.skip_bad_packet() {
+                Ok(status) => self.phase = Phase::Running(status),
+                Err(kind) => self.fail(kind, self.decoder.ip()),
+            }
+            return;
+        }
+        let mut walk = match code {
+            error_code::NOINSN => self.decoder.perf_walk(None),
+            error_code::MISMAT | error_code::NELOOP | error_code::BADPKT => {
+                self.decoder.perf_walk(Some(ip))
+            }
+            _ => return,
+        };
+        walk.pos = walk.pos.max(self.resumed_at);
+        self.phase = Phase::Resync(walk);
+    }
+
+    /// One step of perf's scan for an IP after an error (`intel_pt_walk_to_ip`).
+    fn resync_step(&mut self, mut walk: PerfWalk) {
+        use BranchFlags as F;
+        let step = self.decoder.perf_walk_step(&mut walk);
+        self.phase = Phase::Resync(walk);
+        let resumed = match step {
+            WalkStep::End => {
+                self.finish();
+                return;
+            }
+            // perf reports it with the IP it has (0 after a missing instruction) and scans on.
+            WalkStep::Bad(_) => {
+                self.push_error(ErrorKind::BadOpc, error_code::BADPKT, walk.ip);
+                return;
+            }
+            WalkStep::Psb(at) => {
+                // As a decode of that PSB's segment starts.
+                let result = self.decoder.sync_set(at);
+                self.last_sync = Some(at);
+                self.segment = Some(at);
+                self.next_segment = None;
+                result
+            }
+            WalkStep::Ovf(at) => self.decoder.perf_resume_at_overflow(&walk, at),
+            WalkStep::Ip(kind) => {
+                // perf samples the IP it resumes at as a trace start (`from_ip` 0), a trace
+                // end too at a TIP.PGD.
+                let mut flags = F::BRANCH | F::TRACE_BEGIN;
+                if kind == ResyncIp::Disable {
+                    flags |= F::TRACE_END;
+                }
+                self.flush_pending();
+                let tsc = match self.decoder.perf_clock() {
+                    Some(clock) => clock.timestamp(),
+                    None => self.tsc(),
+                };
+                self.push_branch(0, walk.ip, flags, tsc);
+                self.decoder.perf_resume(&walk, kind != ResyncIp::Disable)
+            }
+        };
+        self.resumed_at = self.resumed_at.max(walk.pos);
+        match resumed {
+            Ok(status) => self.phase = Phase::Running(status),
+            Err(ErrorKind::Eos) => self.finish(),
+            Err(kind) => {
+                let ip = self.decoder.ip();
+                self.fail(kind, ip);
+            }
+        }
     }
 
     /// The branch a block ends with, if it was taken.

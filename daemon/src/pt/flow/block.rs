@@ -7,11 +7,12 @@
 //! compression, resynchronisation) this follows.
 
 use super::errata::{AddrFilter, Errata};
-use super::events::{Event, EventConfig, EventDecoder, EventKind};
+use super::events::{Event, EventConfig, EventDecoder, EventKind, PerfWalk, WalkStep};
 use super::image::{Context, Image};
 use super::insn::{Cache, ExecMode, Insn, InsnClass, InsnKind, RunEnd};
 use super::pgd::PgdFilter;
 use super::ErrorKind;
+use crate::pt::packets::BlockContext;
 
 /// What the caller should do next.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +75,10 @@ pub struct BlockConfig {
     pub errata: Errata,
     /// The address ranges tracing was configured with (perf's `--filter`).
     pub filter: AddrFilter,
+    /// After an error, resume where perf 6.1 does (a bad packet skipped by one byte, a
+    /// mismatch or missing code at the next IP packet, see [`Self::perf_walk`]) instead of at
+    /// the next PSB as libipt does. The perf pipeline's choice; the decoder's driver acts on it.
+    pub perf_resync: bool,
 }
 
 /// Most instructions in one block (libipt counts them in 16 bits).
@@ -153,6 +158,9 @@ pub struct BlockDecoder<'a> {
     overflow_disabled: bool,
     steps: u64,
     cache: Cache,
+    /// perf mode: reading ahead for a deferred TIP met a packet perf cannot decode; `event`
+    /// (the TNT) is still current.
+    deferred_bad: bool,
 }
 
 impl<'a> BlockDecoder<'a> {
@@ -182,6 +190,7 @@ impl<'a> BlockDecoder<'a> {
             overflow_disabled: false,
             steps: 0,
             cache: Cache::default(),
+            deferred_bad: false,
         }
     }
 
@@ -271,6 +280,7 @@ impl<'a> BlockDecoder<'a> {
 
     fn reset(&mut self) {
         self.event = Err(ErrorKind::Nosync);
+        self.deferred_bad = false;
         self.used = None;
         self.failed_at = None;
         self.ip = 0;
@@ -297,6 +307,88 @@ impl<'a> BlockDecoder<'a> {
             flags |= Status::EOS;
         }
         Status(flags)
+    }
+
+    /// The offset of a packet perf could not decode, when that is what the decoder stopped at.
+    pub fn bad_packet_at(&self) -> Option<usize> {
+        if self.deferred_bad {
+            return self.evdec.bad_packet_at();
+        }
+        match self.event {
+            Err(ErrorKind::BadOpc | ErrorKind::BadPacket) => self.evdec.bad_packet_at(),
+            _ => None,
+        }
+    }
+
+    /// After [`Self::bad_packet_at`]: goes on one byte further, everything else kept, as
+    /// perf's `intel_pt_bad_packet` leaves its decoder.
+    pub fn skip_bad_packet(&mut self) -> Result<Status, ErrorKind> {
+        if self.bad_packet_at().is_none() {
+            return Err(ErrorKind::Internal);
+        }
+        self.evdec.skip_bad_packet();
+        if self.deferred_bad {
+            // perf walks to the indirect branch again and reads the next packet for its TIP.
+            self.deferred_bad = false;
+            return Ok(self.status(0));
+        }
+        self.next_event();
+        self.proceed_trailing_event(None)
+    }
+
+    /// perf's resync scan after an error (see [`PerfWalk::new`] for `ip`), from the packet
+    /// after the one perf had in hand: the packet of the last event read, or the packet that
+    /// failed.
+    pub fn perf_walk(&self, ip: Option<u64>) -> PerfWalk {
+        let at = match self.event {
+            Ok(_) => self.evdec.event_offset(),
+            Err(_) => self.evdec.offset(),
+        };
+        let trace = self.evdec.data();
+        let mut next = match crate::pt::packets::decode(trace, at, BlockContext::None) {
+            Ok(packet) => at + packet.size(),
+            Err(_) => at + 1,
+        };
+        // A packet read and not used (no deferred TIP where one was due) is perf's packet in
+        // hand: it scans from it (`pkt_step = 0`).
+        if self.event.is_ok() {
+            next = next.max(self.evdec.offset());
+        }
+        PerfWalk::new(next, ip, self.evdec.last_ip())
+    }
+
+    /// The next step of a [`PerfWalk`].
+    pub fn perf_walk_step(&mut self, walk: &mut PerfWalk) -> WalkStep {
+        self.evdec.perf_walk(walk)
+    }
+
+    /// Goes on decoding after a [`PerfWalk`] stopped at an IP packet: at `walk.ip`, with the
+    /// packets after it, tracing enabled unless it was a TIP.PGD. The return stack is kept, as
+    /// perf keeps its own.
+    pub fn perf_resume(&mut self, walk: &PerfWalk, enabled: bool) -> Result<Status, ErrorKind> {
+        self.clear_postponed();
+        self.deferred_bad = false;
+        self.ip = walk.ip;
+        self.enabled = enabled;
+        self.steps = 0;
+        self.evdec.resume_at(walk, walk.pos, enabled);
+        self.next_event();
+        self.proceed_trailing_event(None)
+    }
+
+    /// Goes on decoding with the OVF at `at` a [`PerfWalk`] stopped at.
+    pub fn perf_resume_at_overflow(
+        &mut self,
+        walk: &PerfWalk,
+        at: usize,
+    ) -> Result<Status, ErrorKind> {
+        self.clear_postponed();
+        self.deferred_bad = false;
+        self.ip = walk.ip;
+        self.steps = 0;
+        self.evdec.resume_at(walk, at, self.enabled);
+        self.next_event();
+        self.proceed_trailing_event(None)
     }
 
     /// Synchronises at the next PSB (the first, on the first call).
@@ -654,6 +746,14 @@ impl<'a> BlockDecoder<'a> {
                         self.ip = ip.unwrap_or(0);
                         Ok(())
                     }
+                    // perf reads the one packet after the TNT for the TIP, and reports one it
+                    // cannot decode as such (`intel_pt_walk_tnt`).
+                    Err(error @ (ErrorKind::BadOpc | ErrorKind::BadPacket))
+                        if self.config.perf_resync && self.evdec.bad_packet_at().is_some() =>
+                    {
+                        self.deferred_bad = true;
+                        Err(error)
+                    }
                     _ => {
                         self.evdec = saved;
                         Err(ErrorKind::BadQuery)
@@ -793,6 +893,21 @@ impl<'a> BlockDecoder<'a> {
                         Some(ip) => self.proceed_to_ip(block, ip),
                     };
                     match result {
+                        // perf takes a TIP.PGD at a conditional branch only where the branch
+                        // leaves the filtered range (`intel_pt_walk_tip`); elsewhere it is
+                        // "Trace doesn't match instruction".
+                        Err(ErrorKind::BadQuery)
+                            if self.config.perf_resync
+                                && block.last.is_some_and(|insn| {
+                                    insn.class == InsnClass::CondJump
+                                        && !(self.config.filter.filters()
+                                            && insn
+                                                .target
+                                                .is_some_and(|to| !self.config.filter.allows(to)))
+                                }) =>
+                        {
+                            return Err(ErrorKind::BadQuery);
+                        }
                         // A synchronous disable also binds to a branch that needs trace.
                         Err(ErrorKind::BadQuery) => {
                             self.set_disable_resume_ip(block.last);

@@ -330,6 +330,64 @@ impl<'a> Ahead<'a> {
 /// suffices (its first MTC after a CYC resets the CYC reference); two leave less to chance.
 const WARM_SEGMENTS: usize = 2;
 
+/// perf 6.1's scan for a place to resume after a decoding error (`intel_pt_walk_to_ip`,
+/// entered from `intel_pt_sync_ip`): where it is and what it knows.
+#[derive(Debug, Clone, Copy)]
+pub struct PerfWalk {
+    /// The next packet to read.
+    pub pos: usize,
+    /// perf's `decoder->ip`: the IP it resumes at when an IP packet gives none (a stale IP
+    /// after a mismatch, 0 after a missing instruction).
+    pub ip: u64,
+    /// perf's `last_ip` for IP decompression.
+    pub last_ip: LastIp,
+    /// perf's `have_last_ip`: without it only full IPs count.
+    pub have_last_ip: bool,
+    block: BlockContext,
+}
+
+impl PerfWalk {
+    /// A scan from `pos`. `ip: None` is perf's `INTEL_PT_STATE_NO_IP` (after "Failed to get
+    /// instruction"): the IP and last IP are forgotten. `Some(ip)` is
+    /// `INTEL_PT_STATE_ERR_RESYNC`: both are kept.
+    pub fn new(pos: usize, ip: Option<u64>, last_ip: LastIp) -> Self {
+        PerfWalk {
+            pos,
+            ip: ip.unwrap_or(0),
+            last_ip: if ip.is_some() { last_ip } else { LastIp::new() },
+            have_last_ip: ip.is_some() && !last_ip.is_empty(),
+            block: BlockContext::None,
+        }
+    }
+}
+
+/// Which IP packet a [`PerfWalk`] stopped at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncIp {
+    Tip,
+    Fup,
+    /// TIP.PGE: tracing (re)starts.
+    Enable,
+    /// TIP.PGD: tracing stops.
+    Disable,
+}
+
+/// One step of a [`PerfWalk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkStep {
+    /// A packet perf cannot decode at this offset: perf reports "Bad packet" and scans on
+    /// from the next byte.
+    Bad(usize),
+    /// An IP packet with an IP to resume at; decoding goes on after it (`walk.pos`).
+    Ip(ResyncIp),
+    /// A PSB at this offset: decoding synchronises there.
+    Psb(usize),
+    /// An OVF at this offset: decoding goes on with it.
+    Ovf(usize),
+    /// The trace ended.
+    End,
+}
+
 /// Options of the event layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventConfig {
@@ -540,6 +598,102 @@ impl<'a> EventDecoder<'a> {
             }
             return;
         }
+    }
+
+    /// The trace.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The offset of the packet perf could not decode, when that is what stopped the decoder.
+    pub fn bad_packet_at(&self) -> Option<usize> {
+        match self.packet {
+            Lookahead::Error(ErrorKind::BadOpc | ErrorKind::BadPacket) => Some(self.packet_offset),
+            _ => None,
+        }
+    }
+
+    /// perf's answer to a bad packet (`intel_pt_bad_packet`): step one byte and read on, the
+    /// decoder's state otherwise as it was.
+    pub fn skip_bad_packet(&mut self) {
+        self.pos = self.packet_offset + 1;
+        self.fetch_packet();
+    }
+
+    /// The last IP as the packets read so far left it.
+    pub fn last_ip(&self) -> LastIp {
+        self.ip
+    }
+
+    /// Reads the next packet of a [`PerfWalk`]: skips what perf's `intel_pt_walk_to_ip` skips
+    /// (timing packets still set the clock) and stops where it stops.
+    pub fn perf_walk(&mut self, walk: &mut PerfWalk) -> WalkStep {
+        loop {
+            let at = walk.pos;
+            if at >= self.data.len() {
+                return WalkStep::End;
+            }
+            let packet = match packets::decode(self.data, at, walk.block) {
+                Ok(packet) => packet,
+                Err(error) if error.kind == PacketErrorKind::Truncated => {
+                    walk.pos = self.data.len();
+                    return WalkStep::End;
+                }
+                Err(_) => {
+                    walk.pos = at + 1;
+                    return WalkStep::Bad(at);
+                }
+            };
+            walk.pos = at + packet.size();
+            walk.block = walk.block.after(&packet);
+            let (payload, kind) = match packet {
+                Packet::Tip(ip) => (ip, ResyncIp::Tip),
+                Packet::Fup(ip) => (ip, ResyncIp::Fup),
+                Packet::TipPge(ip) => (ip, ResyncIp::Enable),
+                Packet::TipPgd(ip) => (ip, ResyncIp::Disable),
+                Packet::Psb => return WalkStep::Psb(at),
+                Packet::Ovf => return WalkStep::Ovf(at),
+                Packet::Tsc { .. }
+                | Packet::Mtc { .. }
+                | Packet::Tma(_)
+                | Packet::Cyc { .. }
+                | Packet::Cbr { .. } => {
+                    self.time.update(&packet);
+                    continue;
+                }
+                _ => continue,
+            };
+            // perf's `intel_pt_have_ip`: an IP is usable if not suppressed and either a last
+            // IP is known or the packet carries all of it.
+            let full = matches!(
+                payload.compression,
+                packets::IpCompression::Sext48 | packets::IpCompression::Full
+            );
+            if payload.compression != packets::IpCompression::Suppressed
+                && (walk.have_last_ip || full)
+            {
+                walk.last_ip.update(&payload);
+                walk.have_last_ip = true;
+                if let Some(ip) = walk.last_ip.get() {
+                    walk.ip = ip;
+                }
+            }
+            // A stale IP is as good as a new one to perf; only none at all is not.
+            if walk.ip != 0 {
+                return WalkStep::Ip(kind);
+            }
+        }
+    }
+
+    /// Goes on decoding at `pos` after a [`PerfWalk`]: the packets before it are dropped with
+    /// whatever they had bound, the clock is kept.
+    pub fn resume_at(&mut self, walk: &PerfWalk, pos: usize, enabled: bool) {
+        self.reset();
+        self.ip = walk.last_ip;
+        self.enabled = enabled;
+        self.pos = pos.min(self.data.len());
+        self.block = walk.block;
+        self.fetch_packet();
     }
 
     /// Synchronises at the next PSB at or after the current position and reads its PSB+.

@@ -27,7 +27,7 @@ pub mod time;
 
 pub use block::{Block, BlockConfig, BlockDecoder, Status};
 pub use errata::{AddrFilter, AddrRange, AddrRangeKind, Errata};
-pub use events::{Event, EventConfig, EventKind};
+pub use events::{Event, EventConfig, EventKind, PerfWalk, ResyncIp, WalkStep};
 pub use image::{Context, Image, RawImage};
 pub use insn::{BranchKind, Cache, ExecMode, Insn, InsnClass, InsnKind};
 pub use pgd::PgdFilter;
