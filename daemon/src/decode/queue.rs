@@ -396,6 +396,13 @@ impl<'a> QueueDecoder<'a> {
                         // perf reports a bad packet at the IP its walk had reached.
                         let ip = if self.perf_resync && self.decoder.bad_packet_at().is_some() {
                             self.decoder.ip()
+                        } else if self.perf_resync
+                            && perf_code(kind) == error_code::MISMAT
+                            && block.ninsn > 0
+                        {
+                            // perf stops at the branch the trace does not fit (a return
+                            // without a matching TNT bit included).
+                            block.end_ip
                         } else {
                             crate::pt::flow::error_ip(&mut self.decoder, &block, kind)
                         };

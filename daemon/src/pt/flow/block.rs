@@ -696,6 +696,20 @@ impl<'a> BlockDecoder<'a> {
                 };
                 return Ok(());
             }
+            // perf pops its return stack at every return it walks, before it looks at the
+            // trace (`intel_pt_walk_insn`); libipt only at a compressed one.
+            InsnClass::Return if self.config.perf_resync => {
+                let popped = self.retstack.pop();
+                match self.cond_branch() {
+                    Ok(true) => {
+                        self.ip = popped?;
+                        return Ok(());
+                    }
+                    Ok(false) => return Err(ErrorKind::BadRetcomp),
+                    Err(ErrorKind::BadQuery) => {}
+                    Err(error) => return Err(error),
+                }
+            }
             InsnClass::Return => match self.cond_branch() {
                 Ok(true) => {
                     self.ip = self.retstack.pop()?;
