@@ -561,6 +561,8 @@ impl<'a> QueueDecoder<'a> {
         }
         let tsc = event.tsc.unwrap_or_else(|| self.tsc());
         match event.kind {
+            // perf skips a TIP.PGE without an IP ("Skipping zero TIP.PGE").
+            EventKind::Enabled { ip: None, .. } if self.perf_resync => {}
             EventKind::Enabled { ip, .. } => {
                 self.flush_pending();
                 self.push_branch(0, ip.unwrap_or(0), F::BRANCH | F::TRACE_BEGIN, tsc);

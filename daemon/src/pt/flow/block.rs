@@ -167,7 +167,14 @@ impl<'a> BlockDecoder<'a> {
     pub fn new(trace: &'a [u8], image: &'a dyn Image, config: BlockConfig) -> Self {
         BlockDecoder {
             image,
-            evdec: EventDecoder::new(trace, config.events).with_errata(config.errata),
+            evdec: {
+                let evdec = EventDecoder::new(trace, config.events).with_errata(config.errata);
+                if config.perf_resync {
+                    evdec.with_perf_mode()
+                } else {
+                    evdec
+                }
+            },
             config,
             pgd: None,
             event: Err(ErrorKind::Nosync),
@@ -510,7 +517,11 @@ impl<'a> BlockDecoder<'a> {
         match event.kind {
             EventKind::Tnt { .. } | EventKind::Tip { .. } => {
                 if !self.enabled {
-                    return Err(ErrorKind::NoEnable);
+                    // perf walks trace from the IP it has, tracing enabled or not.
+                    if !self.config.perf_resync {
+                        return Err(ErrorKind::NoEnable);
+                    }
+                    self.enabled = true;
                 }
                 self.proceed_no_event(block)?;
                 self.proceed_trailing_event(Some(block))
@@ -1162,6 +1173,13 @@ impl<'a> BlockDecoder<'a> {
                         self.ip = ip.ok_or(ErrorKind::Noip)?;
                         self.enabled = true;
                     }
+                } else if self.config.perf_resync {
+                    // perf takes a TIP.PGE as it comes (`intel_pt_walk_trace`), enabled or not;
+                    // one without an IP only enables.
+                    if let Some(ip) = *ip {
+                        self.ip = ip;
+                    }
+                    self.enabled = true;
                 } else {
                     let ip = ip.ok_or(ErrorKind::Noip)?;
                     if self.enabled {

@@ -433,6 +433,8 @@ pub struct EventDecoder<'a> {
     ovf_ip_at: Option<usize>,
     /// A packet an erratum workaround drops.
     skip_at: Option<usize>,
+    /// perf 6.1's reading of damaged trace ([`Self::with_perf_mode`]).
+    perf_mode: bool,
 }
 
 fn packet_error(kind: PacketErrorKind) -> ErrorKind {
@@ -479,6 +481,7 @@ impl<'a> EventDecoder<'a> {
             errata: Errata::default(),
             ovf_ip_at: None,
             skip_at: None,
+            perf_mode: false,
         }
     }
 
@@ -493,6 +496,15 @@ impl<'a> EventDecoder<'a> {
         let i = self.buffer_ends.partition_point(|&end| end <= at);
         let end = self.buffer_ends.get(i).copied().unwrap_or(self.data.len());
         self.data.get(pos..end.min(self.data.len())).unwrap_or(&[])
+    }
+
+    /// Reads damaged trace as perf 6.1 does: a TNT or TIP while tracing is disabled is taken
+    /// as trace (perf's `intel_pt_walk_trace` walks it from the IP it has) rather than
+    /// refused. (A packet cut short by the trace's end is perf's bad packet with perf's
+    /// clock, [`EventConfig::perf`].)
+    pub fn with_perf_mode(mut self) -> Self {
+        self.perf_mode = true;
+        self
     }
 
     /// Applies the workarounds for `errata`.
@@ -635,10 +647,7 @@ impl<'a> EventDecoder<'a> {
             }
             let packet = match packets::decode(self.data, at, walk.block) {
                 Ok(packet) => packet,
-                Err(error) if error.kind == PacketErrorKind::Truncated => {
-                    walk.pos = self.data.len();
-                    return WalkStep::End;
-                }
+                // A packet cut short by the end of the trace included.
                 Err(_) => {
                     walk.pos = at + 1;
                     return WalkStep::Bad(at);
@@ -829,7 +838,10 @@ impl<'a> EventDecoder<'a> {
         match packet {
             Packet::Tnt(tnt) => {
                 if !self.enabled {
-                    return Err(ErrorKind::BadContext);
+                    if !self.perf_mode {
+                        return Err(ErrorKind::BadContext);
+                    }
+                    self.enabled = true;
                 }
                 self.publish(
                     Event::new(EventKind::Tnt {
@@ -1060,7 +1072,10 @@ impl<'a> EventDecoder<'a> {
             }
         }
         if !self.enabled {
-            return Err(ErrorKind::BadContext);
+            if !self.perf_mode {
+                return Err(ErrorKind::BadContext);
+            }
+            self.enabled = true;
         }
         self.update_ip(payload);
         if !self.bound {
