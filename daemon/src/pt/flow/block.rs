@@ -372,13 +372,24 @@ impl<'a> BlockDecoder<'a> {
     /// Goes on decoding after a [`PerfWalk`] stopped at an IP packet: at `walk.ip`, with the
     /// packets after it, tracing enabled unless it was a TIP.PGD. The return stack is kept, as
     /// perf keeps its own.
-    pub fn perf_resume(&mut self, walk: &PerfWalk, enabled: bool) -> Result<Status, ErrorKind> {
+    pub fn perf_resume(
+        &mut self,
+        walk: &PerfWalk,
+        kind: super::events::ResyncIp,
+    ) -> Result<Status, ErrorKind> {
+        use super::events::ResyncIp;
         self.clear_postponed();
         self.deferred_bad = false;
         self.ip = walk.ip;
-        self.enabled = enabled;
+        self.enabled = kind != ResyncIp::Disable;
         self.steps = 0;
-        self.evdec.resume_at(walk, walk.pos, enabled);
+        // perf's `pge`: set by a TIP or TIP.PGE, cleared by a TIP.PGD, kept by a FUP.
+        let pge = match kind {
+            ResyncIp::Tip | ResyncIp::Enable => Some(true),
+            ResyncIp::Disable => Some(false),
+            ResyncIp::Fup => None,
+        };
+        self.evdec.resume_at(walk, walk.pos, pge);
         self.next_event();
         self.proceed_trailing_event(None)
     }
@@ -393,7 +404,7 @@ impl<'a> BlockDecoder<'a> {
         self.deferred_bad = false;
         self.ip = walk.ip;
         self.steps = 0;
-        self.evdec.resume_at(walk, at, self.enabled);
+        self.evdec.resume_at(walk, at, None);
         self.next_event();
         self.proceed_trailing_event(None)
     }
@@ -831,6 +842,17 @@ impl<'a> BlockDecoder<'a> {
 
     /// Where tracing is expected to resume after a synchronous disable at `insn`.
     fn set_disable_resume_ip(&mut self, insn: Option<Insn>) {
+        // perf stays at a branch a TIP.PGD without an IP disables at, and goes to the target
+        // of a conditional one that leaves the filtered range.
+        if self.config.perf_resync {
+            if let Some(insn) = insn {
+                self.ip = match insn.class {
+                    InsnClass::CondJump => insn.target.unwrap_or(insn.ip),
+                    _ => insn.ip,
+                };
+                return;
+            }
+        }
         self.ip = match insn {
             Some(insn) if matches!(insn.class, InsnClass::Call | InsnClass::FarCall) => {
                 insn.next_ip()
@@ -893,7 +915,8 @@ impl<'a> BlockDecoder<'a> {
             | EventKind::Pwrx { .. }
             | EventKind::Tick { .. }
             | EventKind::Cbr { .. }
-            | EventKind::Mnt { .. } => true,
+            | EventKind::Mnt { .. }
+            | EventKind::PerfIp { .. } => true,
             EventKind::Disabled { ip } => {
                 if event.status_update {
                     true
@@ -905,7 +928,10 @@ impl<'a> BlockDecoder<'a> {
                             // SKL014: a direct branch leaving the filtered range may send a
                             // TIP.PGD without its target.
                             let filter = self.config.filter;
-                            let skl014 = self.config.errata.skl014 && filter.filters();
+                            // perf too ends the trace at a direct branch leaving the range
+                            // (`intel_pt_walk_tip` with `pgd_ip`).
+                            let skl014 = (self.config.errata.skl014 || self.config.perf_resync)
+                                && filter.filters();
                             self.proceed_to_insn(block, |insn: &Insn| {
                                 insn.changes_cr3()
                                     || (skl014
@@ -1068,7 +1094,8 @@ impl<'a> BlockDecoder<'a> {
             | EventKind::Pwrx { .. }
             | EventKind::Tick { .. }
             | EventKind::Cbr { .. }
-            | EventKind::Mnt { .. } => {
+            | EventKind::Mnt { .. }
+            | EventKind::PerfIp { .. } => {
                 self.proceed_postponed()?;
                 true
             }
@@ -1272,6 +1299,7 @@ impl<'a> BlockDecoder<'a> {
                 }
             }
             EventKind::Cbr { ratio } => self.cbr = Some(*ratio),
+            EventKind::PerfIp { ip } => self.ip = *ip,
             EventKind::Pwre { .. }
             | EventKind::Pwrx { .. }
             | EventKind::Ptwrite { .. }
@@ -1290,7 +1318,8 @@ impl<'a> BlockDecoder<'a> {
             }
             return Ok(());
         }
-        if !self.enabled {
+        // perf walks to a TIP.PGD whatever the enable state (`intel_pt_walk_tip`).
+        if !self.enabled && !self.config.perf_resync {
             return Err(ErrorKind::BadContext);
         }
         self.enabled = false;
@@ -1368,6 +1397,7 @@ impl<'a> BlockDecoder<'a> {
                 | EventKind::Pwrx { .. }
                 | EventKind::Cbr { .. }
                 | EventKind::Mnt { .. }
+                | EventKind::PerfIp { .. }
                 | EventKind::Tnt { .. }
                 | EventKind::Ignore => {}
             }

@@ -108,6 +108,11 @@ pub enum EventKind {
     Mnt {
         payload: u64,
     },
+    /// perf mode only: a FUP while tracing is disabled, which perf 6.1 takes as the IP to walk
+    /// the next trace from (`intel_pt_walk_trace`).
+    PerfIp {
+        ip: u64,
+    },
     /// An indirect branch target (consumed by the block decoder).
     Tip {
         ip: Option<u64>,
@@ -696,10 +701,12 @@ impl<'a> EventDecoder<'a> {
 
     /// Goes on decoding at `pos` after a [`PerfWalk`]: the packets before it are dropped with
     /// whatever they had bound, the clock is kept.
-    pub fn resume_at(&mut self, walk: &PerfWalk, pos: usize, enabled: bool) {
+    /// `enabled: None` keeps the enable state (perf's `pge`) as it was.
+    pub fn resume_at(&mut self, walk: &PerfWalk, pos: usize, enabled: Option<bool>) {
+        let was = self.enabled;
         self.reset();
         self.ip = walk.last_ip;
-        self.enabled = enabled;
+        self.enabled = enabled.unwrap_or(was);
         self.pos = pos.min(self.data.len());
         self.block = walk.block;
         self.fetch_packet();
@@ -837,11 +844,8 @@ impl<'a> EventDecoder<'a> {
         };
         match packet {
             Packet::Tnt(tnt) => {
-                if !self.enabled {
-                    if !self.perf_mode {
-                        return Err(ErrorKind::BadContext);
-                    }
-                    self.enabled = true;
+                if !self.enabled && !self.perf_mode {
+                    return Err(ErrorKind::BadContext);
                 }
                 self.publish(
                     Event::new(EventKind::Tnt {
@@ -1017,6 +1021,21 @@ impl<'a> EventDecoder<'a> {
 
     fn decode_fup(&mut self, payload: &IpPayload) -> Result<Step, ErrorKind> {
         self.update_ip(payload);
+        if self.perf_mode && !self.enabled {
+            // perf binds nothing to a FUP while tracing is disabled: what waited for one
+            // applies now, without an IP; then the FUP's IP is where the next trace is walked
+            // from. One without an IP perf skips ("Skipping zero FUP").
+            while let Some(mut event) = self.queue.pop(bind::FUP | bind::FUP_BOUND) {
+                if event.kind != EventKind::Ignore {
+                    event.suppress_ip();
+                    return self.publish(event, false);
+                }
+            }
+            return match self.ip.get() {
+                Some(ip) => self.publish(Event::new(EventKind::PerfIp { ip }), true),
+                None => Ok(Step::Next),
+            };
+        }
         if self.queue.pending(bind::FUP_BOUND) {
             self.bound = true;
         }
@@ -1025,6 +1044,7 @@ impl<'a> EventDecoder<'a> {
                 if self.bound {
                     return Ok(Step::Next);
                 }
+
                 // A FUP on its own starts an asynchronous branch; its TIP completes it.
                 let from = self.ip.get().ok_or(if self.ip.is_empty() {
                     ErrorKind::Noip
@@ -1071,11 +1091,8 @@ impl<'a> EventDecoder<'a> {
                 return Ok(Step::Event);
             }
         }
-        if !self.enabled {
-            if !self.perf_mode {
-                return Err(ErrorKind::BadContext);
-            }
-            self.enabled = true;
+        if !self.enabled && !self.perf_mode {
+            return Err(ErrorKind::BadContext);
         }
         self.update_ip(payload);
         if !self.bound {

@@ -173,6 +173,7 @@ pub fn write_event(out: &mut dyn Write, event: &Event, options: &PtxedOptions) -
         }
         EventKind::Cbr { ratio } => write!(out, "cbr: {ratio:x}")?,
         EventKind::Mnt { payload } => write!(out, "mnt: {payload:x}")?,
+        EventKind::PerfIp { ip } => write!(out, "perf ip: {ip:x}")?,
         EventKind::Tip { ip } => write!(out, "tip: {:x}", ip.unwrap_or(0))?,
         EventKind::Tnt { bits, size } => {
             write!(out, "tnt: ")?;
