@@ -790,6 +790,8 @@ impl<'a> BlockDecoder<'a> {
                         self.deferred_bad = true;
                         Err(error)
                     }
+                    // perf stops there without an error ("No more data").
+                    Err(ErrorKind::Eos) if self.config.perf_resync => Err(ErrorKind::Eos),
                     _ => {
                         self.evdec = saved;
                         Err(ErrorKind::BadQuery)
@@ -932,14 +934,24 @@ impl<'a> BlockDecoder<'a> {
                             // (`intel_pt_walk_tip` with `pgd_ip`).
                             let skl014 = (self.config.errata.skl014 || self.config.perf_resync)
                                 && filter.filters();
+                            let leaves = |insn: &Insn| {
+                                skl014
+                                    && matches!(insn.class, InsnClass::Jump | InsnClass::Call)
+                                    && insn.next_ip_without_trace().is_ok()
+                                    && insn.target.is_some_and(|to| !filter.allows(to))
+                            };
                             self.proceed_to_insn(block, |insn: &Insn| {
-                                insn.changes_cr3()
-                                    || (skl014
-                                        && matches!(insn.class, InsnClass::Jump | InsnClass::Call)
-                                        && insn.next_ip_without_trace().is_ok()
-                                        && insn.target.is_some_and(|to| !filter.allows(to)))
+                                insn.changes_cr3() || leaves(insn)
                             })
-                            .map(|insn| insn.is_some())
+                            .map(|insn| {
+                                // perf is at the target of the branch that left the range.
+                                if let Some(insn) =
+                                    insn.filter(|i| self.config.perf_resync && leaves(i))
+                                {
+                                    self.ip = insn.target.unwrap_or(insn.ip);
+                                }
+                                insn.is_some()
+                            })
                         }
                         Some(ip) => self.proceed_to_ip(block, ip),
                     };
