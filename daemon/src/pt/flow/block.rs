@@ -161,6 +161,9 @@ pub struct BlockDecoder<'a> {
     /// perf mode: reading ahead for a deferred TIP met a packet perf cannot decode; `event`
     /// (the TNT) is still current.
     deferred_bad: bool,
+    /// perf mode: what the return stack gave for the last return walked (perf's `ret_addr`:
+    /// it pops at every return its walk meets, whatever the trace says next).
+    ret_addr: Option<Result<u64, ErrorKind>>,
 }
 
 impl<'a> BlockDecoder<'a> {
@@ -198,6 +201,7 @@ impl<'a> BlockDecoder<'a> {
             steps: 0,
             cache: Cache::default(),
             deferred_bad: false,
+            ret_addr: None,
         }
     }
 
@@ -560,6 +564,9 @@ impl<'a> BlockDecoder<'a> {
         if insn.pushes_return() {
             self.retstack.push(insn.next_ip());
         }
+        if self.config.perf_resync && insn.class == InsnClass::Return {
+            self.ret_addr = Some(self.retstack.pop());
+        }
         block.last = Some(insn);
         block.end_ip = insn.ip;
         block.ninsn += 1;
@@ -660,6 +667,8 @@ impl<'a> BlockDecoder<'a> {
         for &ret in &run.calls {
             self.retstack.push(ret);
         }
+        // A run's return is its last instruction, popped when the trace is applied to it.
+        self.ret_addr = None;
         self.count_step(ninsn)?;
         block.ninsn += ninsn;
         if let Some(insn) = last {
@@ -721,7 +730,7 @@ impl<'a> BlockDecoder<'a> {
             // perf pops its return stack at every return it walks, before it looks at the
             // trace (`intel_pt_walk_insn`); libipt only at a compressed one.
             InsnClass::Return if self.config.perf_resync => {
-                let popped = self.retstack.pop();
+                let popped = self.ret_addr.take().unwrap_or_else(|| self.retstack.pop());
                 match self.cond_branch() {
                     Ok(true) => {
                         self.ip = popped?;
@@ -1197,6 +1206,10 @@ impl<'a> BlockDecoder<'a> {
 
     fn apply_event(&mut self) -> Result<(Event, Status), ErrorKind> {
         let mut event = self.event?;
+        // perf empties its return stack at every PSB (`intel_pt_psb`); libipt's lives on.
+        if event.status_update && self.config.perf_resync {
+            self.retstack = ReturnStack::new();
+        }
         let ip_differs = |this: &Self, ip: Option<u64>| ip.is_some_and(|ip| this.ip != ip);
         match &mut event.kind {
             EventKind::Tnt { .. } | EventKind::Tip { .. } => return Err(ErrorKind::BadQuery),
