@@ -300,6 +300,14 @@ const BAD_EQUALS_PERF: bool = false;
 const FLIPS_EQUAL_PERF: bool = false;
 const SHORT_EQUALS_PERF: bool = false;
 
+/// `n`, or PTLENS_CORRUPT_SEEDS when set (to explore more damage locally).
+fn seeds(n: u32) -> u32 {
+    std::env::var("PTLENS_CORRUPT_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
+}
+
 /// How many damaged copies were compared with perf, and how many equalled it.
 #[derive(Default)]
 struct Tally {
@@ -336,7 +344,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
         let mut rng = Rng(0x5eed_0000 + name.len() as u64);
 
         // Bad packets at packet boundaries.
-        for seed in 0..BAD_SEEDS {
+        for seed in 0..seeds(BAD_SEEDS) {
             let a = aux[rng.below(aux.len())];
             let payload = &original[a.payload..a.payload + a.size];
             let starts = packet_starts(payload);
@@ -372,7 +380,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
         }
 
         // Random flips anywhere.
-        for seed in 0..FLIP_SEEDS {
+        for seed in 0..seeds(FLIP_SEEDS) {
             let mut data = original.clone();
             for _ in 0..3 {
                 let a = aux[rng.below(aux.len())];

@@ -424,6 +424,22 @@ impl<'a> QueueDecoder<'a> {
             return;
         }
         let code = perf_code(kind);
+        if self.perf_resync && code == error_code::BADPKT {
+            // A PSB+ with a FUP perf walks to the FUP first (`intel_pt_psb_with_fup`); a bad
+            // packet in the rest of that PSB+ is then a mismatch at the FUP's IP and sends it
+            // scanning from the next byte (`intel_pt_fup_in_psb`), its return stack emptied.
+            if let (Some(at), Some(Some(fup))) = (
+                self.decoder.bad_packet_at(),
+                self.decoder.bad_packet_in_psb(),
+            ) {
+                self.push_error(kind, error_code::MISMAT, fup);
+                self.decoder.clear_return_stack();
+                let mut walk = self.decoder.perf_walk_at(at + 1, Some(fup));
+                walk.pos = walk.pos.max(self.resumed_at);
+                self.phase = Phase::Resync(walk);
+                return;
+            }
+        }
         self.push_error(kind, code, ip);
         self.phase = Phase::NeedSync;
         if !self.perf_resync {

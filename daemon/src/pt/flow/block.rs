@@ -331,6 +331,25 @@ impl<'a> BlockDecoder<'a> {
         }
     }
 
+    /// With [`Self::bad_packet_at`]: whether the bad packet is inside a PSB+, and the IP of
+    /// that PSB+'s FUP if one came before it.
+    pub fn bad_packet_in_psb(&self) -> Option<Option<u64>> {
+        self.bad_packet_at()?;
+        self.evdec.bad_packet_in_psb()
+    }
+
+    /// Empties the return stack, as perf does at a PSB.
+    pub fn clear_return_stack(&mut self) {
+        self.retstack = ReturnStack::new();
+        self.ret_addr = None;
+    }
+
+    /// A [`PerfWalk`] from `pos` (see [`PerfWalk::new`] for `ip`), with the last IP as the
+    /// packets read so far left it.
+    pub fn perf_walk_at(&self, pos: usize, ip: Option<u64>) -> PerfWalk {
+        PerfWalk::new(pos, ip, self.evdec.last_ip())
+    }
+
     /// After [`Self::bad_packet_at`]: goes on one byte further, everything else kept, as
     /// perf's `intel_pt_bad_packet` leaves its decoder.
     pub fn skip_bad_packet(&mut self) -> Result<Status, ErrorKind> {

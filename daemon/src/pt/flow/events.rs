@@ -440,6 +440,8 @@ pub struct EventDecoder<'a> {
     skip_at: Option<usize>,
     /// perf 6.1's reading of damaged trace ([`Self::with_perf_mode`]).
     perf_mode: bool,
+    /// Reading a PSB+ failed before its end.
+    in_psb: bool,
 }
 
 fn packet_error(kind: PacketErrorKind) -> ErrorKind {
@@ -487,6 +489,7 @@ impl<'a> EventDecoder<'a> {
             ovf_ip_at: None,
             skip_at: None,
             perf_mode: false,
+            in_psb: false,
         }
     }
 
@@ -564,6 +567,7 @@ impl<'a> EventDecoder<'a> {
         self.queue.clear();
         self.ovf_ip_at = None;
         self.skip_at = None;
+        self.in_psb = false;
     }
 
     /// Reads the next non-PAD packet into the lookahead.
@@ -633,8 +637,16 @@ impl<'a> EventDecoder<'a> {
     /// perf's answer to a bad packet (`intel_pt_bad_packet`): step one byte and read on, the
     /// decoder's state otherwise as it was.
     pub fn skip_bad_packet(&mut self) {
+        self.in_psb = false;
         self.pos = self.packet_offset + 1;
         self.fetch_packet();
+    }
+
+    /// With [`Self::bad_packet_at`]: whether the bad packet is inside a PSB+, and the IP of
+    /// that PSB+'s FUP if one came before it.
+    pub fn bad_packet_in_psb(&self) -> Option<Option<u64>> {
+        self.bad_packet_at()?;
+        self.in_psb.then(|| self.ip.get())
     }
 
     /// The last IP as the packets read so far left it.
@@ -1210,6 +1222,16 @@ impl<'a> EventDecoder<'a> {
 
     /// Reads a PSB+ header up to (not including) its PSBEND or OVF, queueing status events.
     fn decode_psb(&mut self) -> Result<(), ErrorKind> {
+        self.in_psb = true;
+        let result = self.read_psb();
+        if result.is_ok() {
+            self.in_psb = false;
+        }
+        result
+    }
+
+    /// Reads PSB+ up to its PSBEND (or OVF) into status events.
+    fn read_psb(&mut self) -> Result<(), ErrorKind> {
         // Partial events must not cross a PSB.
         if self.queue.pending(bind::ALL) {
             return Err(ErrorKind::BadContext);
