@@ -539,6 +539,8 @@ impl<'a> QueueDecoder<'a> {
         }
         let to = if direct {
             last.next_ip_without_trace().unwrap_or(0)
+        } else if self.decoder.target_suppressed() {
+            0
         } else {
             self.decoder.ip()
         };

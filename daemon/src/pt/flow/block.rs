@@ -164,6 +164,8 @@ pub struct BlockDecoder<'a> {
     /// perf mode: what the return stack gave for the last return walked (perf's `ret_addr`:
     /// it pops at every return its walk meets, whatever the trace says next).
     ret_addr: Option<Result<u64, ErrorKind>>,
+    /// perf mode: the last block's indirect branch got a TIP without an IP.
+    target_suppressed: bool,
 }
 
 impl<'a> BlockDecoder<'a> {
@@ -202,6 +204,7 @@ impl<'a> BlockDecoder<'a> {
             cache: Cache::default(),
             deferred_bad: false,
             ret_addr: None,
+            target_suppressed: false,
         }
     }
 
@@ -336,6 +339,12 @@ impl<'a> BlockDecoder<'a> {
     pub fn bad_packet_in_psb(&self) -> Option<Option<u64>> {
         self.bad_packet_at()?;
         self.evdec.bad_packet_in_psb()
+    }
+
+    /// perf mode: whether the last block's indirect branch got a TIP without an IP (perf's
+    /// branch to 0; the IP stays at the branch).
+    pub fn target_suppressed(&self) -> bool {
+        self.target_suppressed
     }
 
     /// Empties the return stack, as perf does at a PSB.
@@ -523,6 +532,7 @@ impl<'a> BlockDecoder<'a> {
 
     /// Decodes the next block into `block`. Even on error, `block` holds what was decoded.
     pub fn next_block(&mut self, block: &mut Block) -> Result<Status, ErrorKind> {
+        self.target_suppressed = false;
         *block = Block {
             ip: self.ip,
             mode: self.mode,
@@ -788,7 +798,12 @@ impl<'a> BlockDecoder<'a> {
                 kind: EventKind::Tip { ip },
                 ..
             }) => {
-                self.ip = ip.ok_or(ErrorKind::BadPacket)?;
+                // perf takes a TIP without an IP as a branch to 0 and stays at the branch
+                // (`intel_pt_walk_tip`).
+                match ip {
+                    None if self.config.perf_resync => self.target_suppressed = true,
+                    _ => self.ip = ip.ok_or(ErrorKind::BadPacket)?,
+                }
                 self.fetch_event();
                 Ok(())
             }
@@ -871,14 +886,14 @@ impl<'a> BlockDecoder<'a> {
     }
 
     /// Where tracing is expected to resume after a synchronous disable at `insn`.
-    fn set_disable_resume_ip(&mut self, insn: Option<Insn>) {
-        // perf stays at a branch a TIP.PGD without an IP disables at, and goes to the target
-        // of a conditional one that leaves the filtered range.
+    fn set_disable_resume_ip(&mut self, insn: Option<Insn>, pgd_ip: Option<u64>) {
+        // perf goes to the TIP.PGD's IP, stays at the branch without one, and goes to the
+        // target of a conditional branch that leaves the filtered range.
         if self.config.perf_resync {
             if let Some(insn) = insn {
                 self.ip = match insn.class {
                     InsnClass::CondJump => insn.target.unwrap_or(insn.ip),
-                    _ => insn.ip,
+                    _ => pgd_ip.unwrap_or(insn.ip),
                 };
                 return;
             }
@@ -953,7 +968,10 @@ impl<'a> BlockDecoder<'a> {
                 } else if let Some(pgd) = self.pgd {
                     self.proceed_to_pgd(block, pgd)?
                 } else {
-                    let result = match ip {
+                    // perf walks a TIP.PGD to the next branch whatever IP it carries
+                    // (`intel_pt_walk_tip`); libipt to that IP.
+                    let to_branch = if self.config.perf_resync { None } else { ip };
+                    let result = match to_branch {
                         None => {
                             // SKL014: a direct branch leaving the filtered range may send a
                             // TIP.PGD without its target.
@@ -1001,7 +1019,7 @@ impl<'a> BlockDecoder<'a> {
                         }
                         // A synchronous disable also binds to a branch that needs trace.
                         Err(ErrorKind::BadQuery) => {
-                            self.set_disable_resume_ip(block.last);
+                            self.set_disable_resume_ip(block.last, ip);
                             true
                         }
                         other => other?,
@@ -1117,7 +1135,7 @@ impl<'a> BlockDecoder<'a> {
                     }
                     match insn.next_ip_without_trace() {
                         Err(ErrorKind::BadQuery) => {
-                            self.set_disable_resume_ip(Some(insn));
+                            self.set_disable_resume_ip(Some(insn), ip);
                             return Ok(self.status(pending));
                         }
                         Err(error) => return Err(error),
