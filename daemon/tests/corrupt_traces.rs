@@ -2,25 +2,26 @@
 //! built binary): every sample in `samples/*/perf.data` is copied and damaged in four ways:
 //!
 //! - `bad`: a packet boundary inside an AUXTRACE payload overwritten with `02 ff`, a packet no
-//!   decoder knows (seeded positions). Expected: exit 0, the events before the damage exactly the
-//!   undamaged sample's, an error event, and decoding resumed at the next PSB (the tail of the
-//!   stream equals the undamaged tail).
+//!   decoder knows (seeded positions). Expected: exit 0, the events before the damage exactly
+//!   the undamaged sample's, and an error event.
 //! - `flip`: bytes XORed at seeded positions anywhere in a payload. Intel PT has no checksums,
 //!   so a flip may decode as other valid packets and misdecode silently until the code and the
-//!   trace disagree; only "no panic, a clean exit" and "identical until the first difference,
-//!   which is at or after the damage" hold in general.
+//!   trace disagree; only "no panic, a clean exit" holds without perf.
 //! - `short`: the last payload cut in half, its record's size rewritten and the file's later
 //!   offsets (data size, feature sections) moved so the file is otherwise well formed.
+//!   Expected: each thread's events before the cut are the undamaged sample's.
 //! - `cut`: the file cut in the middle of the last payload (as a full disk leaves it).
 //!
-//! Where perf runs, it decodes the same damaged copies (seed 0 of each kind), and what is
-//! asserted is what holds today: the two agree event for event up to the first error, and the
-//! first error is at the same event and IP. After it they differ, which is printed, not
-//! asserted:
-//! - on a bad packet perf reports code 3 ("Bad packet") where ptlens reports code 5 ("Failed
-//!   to get instruction") at the same IP — a difference in ptlens's error classification;
-//! - perf then resumes at the next FUP/TIP its packet decoder finds after resyncing (and may
-//!   report code 6 and a `tr strt` to a stale IP), while ptlens resumes at the next PSB.
+//! Where perf runs (and agrees with ptlens on the undamaged sample), it decodes the same
+//! damaged copies and the whole streams are compared, every event to the end (thread, flags,
+//! addresses, error codes and IPs; not times): ptlens decodes damaged trace as perf 6.1 does
+//! (a bad packet is code 3 and decoding goes on one byte later; a mismatch or missing code
+//! sends it to the next IP packet, with a `tr strt` there, see `decode/queue.rs`). Asserted
+//! equal: every `short` copy, and every `bad` copy of the single-thread recordings. Compared
+//! and printed, not asserted (the test's last line counts them): `bad` copies of the
+//! multi-thread recording (see `bad_equals_perf`) and `flip` copies (see `FLIPS_EQUAL_PERF`).
+//! PTLENS_CORRUPT_SEEDS=N runs N seeds of each instead; PTLENS_KEEP_DAMAGED=DIR keeps the
+//! copies.
 //!
 //! On a cut file `perf script` dies of SIGBUS (see ARCHITECTURE.md); ptlens refuses the file
 //! with one error naming it and the record's offset.
@@ -293,12 +294,13 @@ impl Reference {
 }
 
 /// Damaged copies per kind and sample (each a few hundred ms of ptlens and perf).
-const BAD_SEEDS: u32 = 4;
-const FLIP_SEEDS: u32 = 4;
-/// Whether ptlens must equal perf on every flipped and every shortened copy.
-const BAD_EQUALS_PERF: bool = false;
+const BAD_SEEDS: u32 = 3;
+const FLIP_SEEDS: u32 = 2;
+/// Random flips are compared with perf and the differences printed, not asserted: after a
+/// flip perf's instruction decoder takes bytes iced-x86 refuses (`1f` as a one-byte
+/// instruction), reads code past the end of a binary's executable segment, and reports
+/// MODE.TSX state in its flags, none of which ptlens does.
 const FLIPS_EQUAL_PERF: bool = false;
-const SHORT_EQUALS_PERF: bool = false;
 
 /// `n`, or PTLENS_CORRUPT_SEEDS when set (to explore more damage locally).
 fn seeds(n: u32) -> u32 {
@@ -338,6 +340,14 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
                 .expect("undamaged decodes"),
         };
         // perf and ptlens agree on the undamaged stream of this sample (branches_perf.rs).
+        // Bad packets in a recording of more than one thread (per-CPU queues) are compared
+        // and not asserted: there the order of the queues' events after an error follows
+        // perf's estimated timestamps, which ptlens approximates per block, and a switch to
+        // an idle thread can land one branch apart (perf walks with the thread it had).
+        let mut tids: Vec<i32> = reference.events.iter().map(Event::tid).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        let bad_equals_perf = tids.len() == 1;
         let perf_agrees = perf
             && perf_events(&dir.join("perf.data"), &buildid_dir).as_ref()
                 == Some(&reference.events);
@@ -373,7 +383,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             // whatever that decodes to, the two must agree to the end.
             if let Some(child) = theirs {
                 tally.bad += 1;
-                if against_perf(&events, perf_wait(child), &what, BAD_EQUALS_PERF) {
+                if against_perf(&events, perf_wait(child), &what, bad_equals_perf) {
                     tally.bad_equal += 1;
                 }
             }
@@ -417,7 +427,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             );
             if let Some(child) = theirs {
                 tally.short += 1;
-                if against_perf(&events, perf_wait(child), &what, SHORT_EQUALS_PERF) {
+                if against_perf(&events, perf_wait(child), &what, true) {
                     tally.short_equal += 1;
                 }
             }
