@@ -75,9 +75,10 @@ pub struct BlockConfig {
     pub errata: Errata,
     /// The address ranges tracing was configured with (perf's `--filter`).
     pub filter: AddrFilter,
-    /// After an error, resume where perf 6.1 does (a bad packet skipped by one byte, a
-    /// mismatch or missing code at the next IP packet, see [`Self::perf_walk`]) instead of at
-    /// the next PSB as libipt does. The perf pipeline's choice; the decoder's driver acts on it.
+    /// Read damaged trace as perf 6.1 does and offer its recovery after an error (a bad
+    /// packet skipped by one byte; after a mismatch or missing code the next IP packet, see
+    /// [`BlockDecoder::perf_walk`]) instead of libipt's resync at the next PSB. The perf
+    /// pipeline's choice; the decoder's driver acts on it.
     pub perf_resync: bool,
 }
 

@@ -10,8 +10,11 @@
 //!   straight-line runs, so hot code is decoded once.
 //!
 //! [`decode`] and [`decode_segment`] drive a [`BlockDecoder`] over a whole buffer or one PSB
-//! segment, resynchronising at the next PSB after an error, and report [`FlowItem`]s to a
-//! callback without allocating per item.
+//! segment, resynchronising at the next PSB after an error (libipt's rule), and report
+//! [`FlowItem`]s to a callback without allocating per item. With
+//! [`BlockConfig::perf_resync`] the decoder instead reads damaged trace as perf 6.1 does and
+//! offers perf's recovery ([`BlockDecoder::skip_bad_packet`], [`PerfWalk`]), which the perf
+//! pipeline's driver (`decode/queue.rs`) uses.
 //!
 //! Nothing here knows perf.data: a perf-backed [`Image`] picks the address space from the
 //! [`Context`] (CR3, NR, VMCS, and a caller-set space id).
