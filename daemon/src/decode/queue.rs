@@ -590,11 +590,6 @@ impl<'a> QueueDecoder<'a> {
             // branch leaving the region (only an address filter binds one) perf 6.1 reports
             // from its target: it moves its IP there first.
             EventKind::Disabled { ip } => match self.pending.take() {
-                // perf reports a conditional branch leaving the filtered range from its target
-                // to its target (`intel_pt_walk_tip` moves the IP first).
-                Some(p) if self.perf_resync && p.flags & F::CONDITIONAL != 0 => {
-                    self.push_branch_in(p.segment, p.to, p.to, p.flags | F::TRACE_END, tsc)
-                }
                 Some(p) => {
                     let (from, to) = if p.flags & F::CONDITIONAL != 0 {
                         (p.to, p.to)

@@ -913,6 +913,7 @@ impl<'a> BlockDecoder<'a> {
         &mut self,
         block: &mut Block,
         pgd: &dyn PgdFilter,
+        pgd_ip: Option<u64>,
     ) -> Result<bool, ErrorKind> {
         let ctx = self.ctx;
         let leaves = |insn: &Insn| {
@@ -938,7 +939,7 @@ impl<'a> BlockDecoder<'a> {
                     Ok(true)
                 }
                 last => {
-                    self.set_disable_resume_ip(last);
+                    self.set_disable_resume_ip(last, pgd_ip);
                     Ok(true)
                 }
             },
@@ -967,7 +968,7 @@ impl<'a> BlockDecoder<'a> {
                 if event.status_update {
                     true
                 } else if let Some(pgd) = self.pgd {
-                    self.proceed_to_pgd(block, pgd)?
+                    self.proceed_to_pgd(block, pgd, ip)?
                 } else {
                     // perf walks a TIP.PGD to the next branch whatever IP it carries
                     // (`intel_pt_walk_tip`); libipt to that IP.
