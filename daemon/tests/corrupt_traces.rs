@@ -17,9 +17,9 @@
 //! addresses, error codes and IPs; not times): ptlens decodes damaged trace as perf 6.1 does
 //! (a bad packet is code 3 and decoding goes on one byte later; a mismatch or missing code
 //! sends it to the next IP packet, with a `tr strt` there, see `decode/queue.rs`). Asserted
-//! equal: every `short` copy, and every `bad` copy of the single-thread recordings. Compared
+//! equal: every `short` copy, and every `bad` copy of the recordings of one thread. Compared
 //! and printed, not asserted (the test's last line counts them): `bad` copies of the
-//! multi-thread recording (see `bad_equals_perf`) and `flip` copies (see `FLIPS_EQUAL_PERF`).
+//! multi-thread recordings (see `bad_equals_perf`) and `flip` copies (see `FLIPS_EQUAL_PERF`).
 //! PTLENS_CORRUPT_SEEDS=N runs N seeds of each instead; PTLENS_KEEP_DAMAGED=DIR keeps the
 //! copies.
 //!
@@ -295,7 +295,7 @@ impl Reference {
 
 /// Damaged copies per kind and sample (each a few hundred ms of ptlens and perf).
 const BAD_SEEDS: u32 = 3;
-const FLIP_SEEDS: u32 = 2;
+const FLIP_SEEDS: u32 = 1;
 /// Random flips are compared with perf and the differences printed, not asserted: after a
 /// flip perf's instruction decoder takes bytes iced-x86 refuses (`1f` as a one-byte
 /// instruction), reads code past the end of a binary's executable segment, and reports
@@ -342,8 +342,8 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
         // perf and ptlens agree on the undamaged stream of this sample (branches_perf.rs).
         // Bad packets in a recording of more than one thread (per-CPU queues) are compared
         // and not asserted: there the order of the queues' events after an error follows
-        // perf's estimated timestamps, which ptlens approximates per block, and a switch to
-        // an idle thread can land one branch apart (perf walks with the thread it had).
+        // perf's estimated timestamps, which ptlens approximates per block, and after a
+        // switch to the idle thread (tid 0) perf fails to get code one branch earlier.
         let mut tids: Vec<i32> = reference.events.iter().map(Event::tid).collect();
         tids.sort_unstable();
         tids.dedup();
