@@ -111,6 +111,37 @@ impl Rng {
     }
 }
 
+/// Asserts that `index::build` (PSB segments in parallel, a chunk per segment, two threads)
+/// counts the damaged recording `file` exactly as the decode in order does (it decodes a
+/// damaged recording again in order: perf's recovery runs across PSBs).
+fn parallel_counts_as_sequential(file: &Path, buildid_dir: &Path, what: &str) {
+    use ptlens::decode::{DecodeOptions, ParallelOptions};
+    let data = ptlens::perf::PerfData::open(file).unwrap();
+    let recording = data.recording().unwrap();
+    let model = ptlens::sideband::Model::build(&recording);
+    let binaries = ptlens::debuginfo::BinaryCache::new(
+        ptlens::debuginfo::SearchPaths::new().with_buildid_dir(buildid_dir),
+    );
+    let options = DecodeOptions::default();
+    let mut builder = ptlens::index::IndexBuilder::new();
+    let Ok(_) = ptlens::decode::decode(&recording, &model, &binaries, &options, &mut builder)
+    else {
+        return;
+    };
+    let whole = builder.finish();
+    let parallel = ParallelOptions {
+        jobs: 2,
+        chunk_bytes: Some(1),
+    };
+    let (index, _) =
+        ptlens::index::build(&recording, &model, &binaries, &options, &parallel).unwrap();
+    assert_eq!(
+        index.threads, whole.threads,
+        "{what}: parallel counts per thread"
+    );
+    assert_eq!(index, whole, "{what}: parallel index");
+}
+
 fn ptlens(args: &[&str], file: &Path, buildid_dir: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_ptlens"))
         .args(args)
@@ -379,6 +410,9 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
                 "{what}: no error reported"
             );
             reference.check_prefix(&events, &what);
+            if seed == 0 {
+                parallel_counts_as_sequential(&file, &buildid_dir, &what);
+            }
             // perf reports the damage as a bad packet (code 3) and reads on one byte later;
             // whatever that decodes to, the two must agree to the end.
             if let Some(child) = theirs {
@@ -401,6 +435,7 @@ fn damaged_samples_decode_up_to_the_damage_and_resume() {
             let file = write_copy(tmp_path, &format!("{name}-flip{seed}"), &data);
             let theirs = perf_agrees.then(|| perf_child(&file, &buildid_dir));
             let events = run_clean(&file, &buildid_dir, false);
+            parallel_counts_as_sequential(&file, &buildid_dir, &what);
             if let (Some(events), Some(child)) = (events, theirs) {
                 tally.flip += 1;
                 if against_perf(&events, perf_wait(child), &what, FLIPS_EQUAL_PERF) {

@@ -361,6 +361,11 @@ struct Chunk {
 /// holds only the chunks in flight). Per chunk, the sink sees exactly the blocks and branch
 /// events [`super::decode`] gives those segments (same threads, CPUs and times); events arrive
 /// in trace order per chunk, not in perf's order across queues — this is for counting.
+///
+/// That holds for a trace without damage. After a decoding error other than an overflow
+/// ([`DecodeStats::overflows`]), perf's recovery (one byte on, or on to the next IP packet,
+/// with its clock and IP carried along) can run across PSBs, which a chunk decoded alone
+/// cannot know: a caller that needs exact results decodes a damaged recording in order.
 pub fn decode_parallel<S, F>(
     recording: &Recording<'_>,
     model: &Model,
@@ -532,6 +537,7 @@ where
             };
             stats.branches += chunk_stats.branches;
             stats.errors += chunk_stats.errors;
+            stats.overflows += chunk_stats.overflows;
             stats.instructions += chunk_stats.instructions;
             finished(sink);
         }

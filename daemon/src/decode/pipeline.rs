@@ -95,7 +95,10 @@ impl<F: FnMut(&BranchEvent)> Sink for F {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodeStats {
     pub branches: u64,
+    /// Decoder errors reported, overflows included.
     pub errors: u64,
+    /// Of `errors`, trace overflows (the hardware's, not damage to the recording).
+    pub overflows: u64,
     pub instructions: u64,
     pub queues: usize,
     pub trace_bytes: u64,
@@ -554,6 +557,7 @@ impl<'r> Runner<'r> {
                 detail,
             } => {
                 self.stats.errors += 1;
+                self.stats.overflows += u64::from(code == error_code::OVR);
                 BranchKind::Error(TraceError {
                     code,
                     message: error_code::message(code),

@@ -8,8 +8,9 @@ use crate::sideband::Model;
 use super::{Index, IndexBuilder};
 
 /// Decodes `recording` with [`decode::decode_parallel`] and counts it: exactly the index one
-/// [`IndexBuilder`] over the sequential [`decode::decode`] builds (a test holds it to that on
-/// every sample).
+/// [`IndexBuilder`] over the sequential [`decode::decode`] builds (tests hold it to that on
+/// every sample and on damaged copies of them). A damaged recording (decoder errors other than
+/// overflows) is decoded again in order, since perf's recovery from damage crosses PSBs.
 pub fn build(
     recording: &Recording<'_>,
     model: &Model,
@@ -38,6 +39,16 @@ pub fn build(
     )?;
     if let Some(builder) = last {
         index.merge(builder.finish());
+    }
+    if stats.errors > stats.overflows {
+        // Damage: perf's recovery from it crosses PSBs (see `decode_parallel`).
+        tracing::info!(
+            errors = stats.errors - stats.overflows,
+            "damaged trace: decoding again in order for exact counts"
+        );
+        let mut builder = IndexBuilder::new();
+        let stats = decode::decode(recording, model, binaries, options, &mut builder)?;
+        return Ok((builder.finish(), stats));
     }
     Ok((index, stats))
 }
