@@ -358,7 +358,7 @@ struct Chunk {
 /// Decodes every PSB segment of `recording` on `parallel.jobs` threads: each chunk (a run of
 /// whole segments of one queue) into its own sink made by `new_sink`, handed to `finished` in
 /// (queue, trace offset) order as soon as it and every chunk before it are done (so memory
-/// holds only the chunks in flight). Per chunk, the sink sees exactly the blocks and branch
+/// holds only the chunks in flight, about one per thread). Per chunk, the sink sees exactly the blocks and branch
 /// events [`super::decode`] gives those segments (same threads, CPUs and times); events arrive
 /// in trace order per chunk, not in perf's order across queues — this is for counting.
 ///
@@ -436,8 +436,9 @@ where
 
     let done_bytes = AtomicU64::new(0);
     let next = AtomicUsize::new(0);
-    // Workers run at most `window` chunks ahead of the one handed out next.
-    let window = jobs * 4;
+    // Workers run at most `window` chunks ahead of the one handed out next: each chunk's sink
+    // holds its counts until handed out, so the window bounds memory.
+    let window = jobs + 1;
     let slots = Mutex::new(Slots {
         results: (0..chunks.len()).map(|_| None).collect(),
         handed: 0,
