@@ -1,6 +1,6 @@
 //! [`IndexBuilder`]: the [`Sink`] that counts a decode into an [`Index`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use crate::debuginfo::BuildId;
@@ -18,12 +18,8 @@ use super::{
 /// the recording is per thread (events do not carry the queue).
 type QueueKey = (i32, i32);
 
-/// Code a segment ran: binary, file offsets start..end.
-type CodeRange = (BinaryKey, u64, u64);
-
 /// Maps keyed by addresses and code identities: counted per block, so hashing must be cheap.
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddrHasher>>;
-type FastSet<T> = HashSet<T, BuildHasherDefault<AddrHasher>>;
 
 /// A block as counted: start, mode, instructions known, thread (pid, tid), AUX queue.
 type BlockKey = (CodeAddr, ExecMode, u32, (i32, i32), u32);
@@ -59,8 +55,9 @@ pub struct IndexBuilder {
     /// The same for all queues, when an event's origin names no queue seen.
     recent_any: FastMap<u64, Option<CodeAddr>>,
     queue_of: FastMap<QueueKey, u32>,
-    /// Per (queue, PSB offset): the segment so far and the code ranges its blocks ran.
-    segments: FastMap<(u32, u64), (Segment, FastSet<CodeRange>)>,
+    /// Per (queue, PSB offset): the segment so far (the code ranges its blocks ran, merged
+    /// now and then), and per binary the length at which its ranges are merged next.
+    segments: FastMap<(u32, u64), (Segment, FastMap<BinaryKey, usize>)>,
     /// Per queue key, the first block counted (its IP and code), unless a branch target was
     /// left pending before it: what settles the pending entry of the chunk before this one
     /// ([`IndexBuilder::settle`]).
@@ -123,10 +120,7 @@ impl IndexBuilder {
     pub fn finish(mut self) -> Index {
         let mut segments: Vec<Segment> = std::mem::take(&mut self.segments)
             .into_values()
-            .map(|(mut segment, code)| {
-                for (binary, start, end) in code {
-                    segment.code.entry(binary).or_default().push((start, end));
-                }
+            .map(|(mut segment, _)| {
                 for ranges in segment.code.values_mut() {
                     merge_ranges(ranges);
                 }
@@ -419,7 +413,7 @@ impl Sink for IndexBuilder {
                         queue_tsc: run.queue_tsc,
                         ..Segment::default()
                     },
-                    FastSet::default(),
+                    FastMap::default(),
                 )
             });
             if let Some(t) = run.time {
@@ -432,11 +426,16 @@ impl Sink for IndexBuilder {
             // branch); a bound keeps a nonsense span from claiming a whole binary.
             let span = block.end_ip.saturating_sub(block.ip).min(PAGE);
             let last_len = block.last.map_or(1, |i| u64::from(i.size.max(1)));
-            code.insert((
-                start.binary.clone(),
-                start.offset,
-                start.offset.saturating_add(span).saturating_add(last_len),
-            ));
+            let end = start.offset.saturating_add(span).saturating_add(last_len);
+            let ranges = segment.code.entry(start.binary.clone()).or_default();
+            ranges.push((start.offset, end));
+            // Hot code repeats: merge now and then, so a segment holds its merged ranges,
+            // not one entry per block run.
+            let merge_at = code.entry(start.binary.clone()).or_insert(64);
+            if ranges.len() >= *merge_at {
+                merge_ranges(ranges);
+                *merge_at = (ranges.len() * 2).max(64);
+            }
         }
         let n = u32::try_from(known).unwrap_or(u32::MAX);
         *self
