@@ -132,6 +132,15 @@ pub fn warn_unresolved(report: &LineReport) {
     for b in report.binaries.iter().filter(|b| !b.found) {
         eprintln!("ptlens: binary not found: {} ({})", b.path, b.detail);
     }
+    // Kernel code named through kallsyms has functions but no lines: say why.
+    for b in &report.binaries {
+        if b.kernel_source == Some(KernelSource::Kallsyms) {
+            eprintln!(
+                "ptlens: {}: functions from kallsyms, no lines ({}; --vmlinux gives lines)",
+                b.path, b.detail
+            );
+        }
+    }
     if report.binaries.iter().any(|b| !b.found) {
         eprintln!(
             "ptlens: code in binaries not found could not be decoded (see --buildid-dir, --symfs)"
