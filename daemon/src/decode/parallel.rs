@@ -20,8 +20,8 @@ use crate::sideband::Model;
 
 use super::filter::RecordedFilter;
 use super::pipeline::{
-    prepare, queue_decoder, returns_to_user, segment_end, BlockRun, DecodeError, DecodeOptions,
-    DecodeStats, Prepared, Queue, Runner, SegmentRef, Sink,
+    prepare, queue_decoder, returns_to_user, segment_end, DecodeError, DecodeOptions, DecodeStats,
+    Prepared, Queue, Runner, SegmentRef, Sink,
 };
 use super::queue::{JoinedTrace, StateKind};
 
@@ -115,17 +115,16 @@ fn decode_chunk(
         first_segment_at_start: None,
         next_segment_tsc: None,
     };
-    let trace = q.decoder.trace();
-    let mut segment_tsc: (Option<usize>, u64, u64) = (None, 0, 0);
+    q.segment_tsc = (None, 0, 0);
     loop {
         run.applied = clock.applied(q.timestamp);
         let origin = run.origin(q);
         q.decoder.set_space(run.space(&origin));
         let counting = outcome.started;
         let at_start = outcome.first.is_none();
-        let (queue, timestamp, timeless) = (q.idx, q.timestamp, run.timeless);
-        let (model, image, stats) = (run.model, run.image, &mut run.stats);
-        let sink = &mut *run.sink;
+        let source = run.block_source(q, origin);
+        let timestamp = q.timestamp;
+        let (stats, sink, walked) = (&mut run.stats, &mut *run.sink, &mut q.segment_tsc);
         let first_segment_at_start = &mut outcome.first_segment_at_start;
         let next_segment_tsc = &mut outcome.next_segment_tsc;
         let mut on_block = |block: &Block, segment: Option<usize>| {
@@ -135,38 +134,15 @@ fn decode_chunk(
             if !wanted(segment) {
                 if segment.is_some_and(|s| s >= end_psb) {
                     next_segment_tsc.get_or_insert(timestamp);
-                    sink.beyond(&BlockRun {
-                        queue,
-                        origin,
-                        block,
-                        image,
-                        segment: None,
-                        time: None,
-                        queue_tsc: timestamp,
-                    });
+                    source.hand_beyond(sink, block);
                 }
                 return;
             }
             stats.instructions += u64::from(block.ninsn);
-            if segment_tsc.0 != segment {
-                let end = segment.map_or(0, |psb| segment_end(trace, psb));
-                segment_tsc = (segment, timestamp, end);
-                if at_start && segment == Some(first_psb) {
-                    *first_segment_at_start = segment;
-                }
+            let began = source.hand(sink, walked, block, segment);
+            if began && at_start && segment == Some(first_psb) {
+                *first_segment_at_start = segment;
             }
-            sink.block(&BlockRun {
-                queue,
-                origin,
-                block,
-                image,
-                segment: segment.map(|psb| (psb as u64, segment_tsc.2)),
-                time: block
-                    .tsc
-                    .filter(|_| !timeless)
-                    .map(|tsc| model.tsc_to_perf(tsc)),
-                queue_tsc: segment_tsc.1,
-            });
         };
         let Some(state) = q.decoder.next_state(&mut on_block) else {
             break;
@@ -185,7 +161,7 @@ fn decode_chunk(
             outcome.started = true;
             q.timestamp = state.tsc;
             outcome.first.get_or_insert(FirstMove::Set);
-        } else if is_error || (!timeless && returns_to_user(&state.kind)) {
+        } else if is_error || (!run.timeless && returns_to_user(&state.kind)) {
             q.timestamp = state.est;
             outcome.first.get_or_insert(FirstMove::Set);
         } else {

@@ -571,6 +571,22 @@ impl<'r> Runner<'r> {
         self.sink.event(&BranchEvent { origin, kind });
     }
 
+    /// What the blocks `q` decodes next are handed to sinks with.
+    pub(super) fn block_source<'q>(&self, q: &Queue<'q>, origin: Origin) -> BlockSource<'q>
+    where
+        'r: 'q,
+    {
+        BlockSource {
+            queue: q.idx,
+            origin,
+            image: self.image,
+            model: self.model,
+            timeless: self.timeless,
+            trace: q.decoder.trace(),
+            timestamp: q.timestamp,
+        }
+    }
+
     /// perf's `intel_pt_run_decoder`: synthesises the pending sample, then decodes until the
     /// queue's timestamp reaches `limit`. Returns the queue's timestamp then, or `None` when
     /// the trace ended.
@@ -581,30 +597,11 @@ impl<'r> Runner<'r> {
             if let Some(state) = q.pending.take() {
                 self.deliver(q, &origin, state);
             }
-            let (queue, stats, image) = (q.idx, &mut self.stats, self.image);
-            let sink = &mut *self.sink;
-            let (model, timeless) = (self.model, self.timeless);
-            let trace = q.decoder.trace();
-            let seg = &mut q.segment_tsc;
-            let timestamp = q.timestamp;
+            let source = self.block_source(q, origin);
+            let (stats, sink, walked) = (&mut self.stats, &mut *self.sink, &mut q.segment_tsc);
             let mut on_block = |block: &Block, segment: Option<usize>| {
                 stats.instructions += u64::from(block.ninsn);
-                if seg.0 != segment {
-                    let end = segment.map_or(0, |psb| segment_end(trace, psb));
-                    *seg = (segment, timestamp, end);
-                }
-                sink.block(&BlockRun {
-                    queue,
-                    origin,
-                    block,
-                    image,
-                    segment: segment.map(|psb| (psb as u64, seg.2)),
-                    time: block
-                        .tsc
-                        .filter(|_| !timeless)
-                        .map(|tsc| model.tsc_to_perf(tsc)),
-                    queue_tsc: seg.1,
-                });
+                source.hand(sink, walked, block, segment);
             };
             let state = q.decoder.next_state(&mut on_block)?;
             if let StateKind::Error { .. } = state.kind {
@@ -632,6 +629,64 @@ impl<'r> Runner<'r> {
             let origin = self.origin(q);
             self.deliver(q, &origin, state);
         }
+    }
+}
+
+/// What a [`BlockRun`] says besides its block, for the blocks of one step of a queue's decode.
+#[derive(Clone, Copy)]
+pub(super) struct BlockSource<'r> {
+    queue: u32,
+    origin: Origin,
+    image: &'r RecordingImage<'r>,
+    model: &'r Model,
+    timeless: bool,
+    trace: &'r [u8],
+    /// The queue's time before this step.
+    timestamp: u64,
+}
+
+impl BlockSource<'_> {
+    /// Hands `block`, of PSB segment `segment`, to `sink`. `walked` tracks the segment being
+    /// walked (its PSB, the queue time before its first block, its end); returns whether the
+    /// block began it.
+    pub(super) fn hand(
+        &self,
+        sink: &mut dyn Sink,
+        walked: &mut (Option<usize>, u64, u64),
+        block: &Block,
+        segment: Option<usize>,
+    ) -> bool {
+        let began = walked.0 != segment;
+        if began {
+            let end = segment.map_or(0, |psb| segment_end(self.trace, psb));
+            *walked = (segment, self.timestamp, end);
+        }
+        sink.block(&BlockRun {
+            queue: self.queue,
+            origin: self.origin,
+            block,
+            image: self.image,
+            segment: segment.map(|psb| (psb as u64, walked.2)),
+            time: block
+                .tsc
+                .filter(|_| !self.timeless)
+                .map(|tsc| self.model.tsc_to_perf(tsc)),
+            queue_tsc: walked.1,
+        });
+        began
+    }
+
+    /// Hands `block`, walked past the segments asked for, to `sink` as [`Sink::beyond`].
+    pub(super) fn hand_beyond(&self, sink: &mut dyn Sink, block: &Block) {
+        sink.beyond(&BlockRun {
+            queue: self.queue,
+            origin: self.origin,
+            block,
+            image: self.image,
+            segment: None,
+            time: None,
+            queue_tsc: self.timestamp,
+        });
     }
 }
 
