@@ -1,33 +1,18 @@
 //! Kernel addresses: kallsyms parsing, kcore and vmlinux code through the recording image's
 //! kernel reader, and a recording whose kernel binaries are absent.
 
+#[path = "support/kernel_map.rs"]
+mod kernel_map;
 #[path = "perf_support.rs"]
 mod perf_support;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
+use kernel_map::kernel_map;
 use ptlens::debuginfo::{Kallsyms, Kcore, SearchPaths};
 use ptlens::decode::{kernel_symbol_address, vmlinux_address, KernelCode, KERNEL_NAME};
 use ptlens::sideband::Map;
-
-/// A kernel map as perf records it: pid -1, `[kernel.kallsyms]_text`, `pgoff` the run-time
-/// address of `_text`.
-fn kernel_map(start: u64, len: u64) -> Map {
-    Map {
-        start,
-        len,
-        pgoff: start,
-        filename: Arc::from("[kernel.kallsyms]_text"),
-        prot: None,
-        flags: None,
-        inode: None,
-        build_id: None,
-        cpumode: 1,
-        time: 0,
-    }
-}
 
 #[test]
 fn kallsyms_text() {

@@ -5,6 +5,9 @@
 //! The committed samples trace user code only, so the index is built through the builder's
 //! public API with the addresses a decode of a kernel trace would count.
 
+#[path = "support/kernel_map.rs"]
+mod kernel_map;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,18 +26,7 @@ const RUN_TEXT: u64 = 0xffffffffb9600000;
 
 /// perf's kernel map: `[kernel.kallsyms]_text`, `pgoff` the run-time `_text`.
 fn kernel_map() -> Map {
-    Map {
-        start: RUN_TEXT,
-        len: 0x1000000,
-        pgoff: RUN_TEXT,
-        filename: Arc::from("[kernel.kallsyms]_text"),
-        prot: None,
-        flags: None,
-        inode: None,
-        build_id: None,
-        cpumode: 1,
-        time: 0,
-    }
+    kernel_map::kernel_map(RUN_TEXT, 0x1000000)
 }
 
 /// A vmlinux stand-in with DWARF: two functions (one called from a loop), `_text` at the

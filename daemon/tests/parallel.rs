@@ -6,8 +6,9 @@
 
 #[path = "perf_support.rs"]
 mod perf_support;
+#[path = "support/queues.rs"]
+mod queues;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
@@ -15,21 +16,7 @@ use ptlens::decode::{self, BranchEvent, DecodeOptions, ParallelOptions};
 use ptlens::index::{self, IndexBuilder};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
-
-/// The events of each queue (CPU, or thread when per-thread), in order.
-fn per_queue(events: impl IntoIterator<Item = BranchEvent>) -> BTreeMap<(i32, i32), Vec<String>> {
-    let mut out: BTreeMap<(i32, i32), Vec<String>> = BTreeMap::new();
-    for e in events {
-        let o = &e.origin;
-        let key = if o.cpu == -1 {
-            (-1, o.tid)
-        } else {
-            (o.cpu, -1)
-        };
-        out.entry(key).or_default().push(format!("{e:?}"));
-    }
-    out
-}
+use queues::per_queue;
 
 fn check(dir: &Path) {
     let data = PerfData::open(dir.join("perf.data")).unwrap();

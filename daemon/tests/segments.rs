@@ -9,6 +9,8 @@ use std::path::Path;
 
 #[path = "perf_support.rs"]
 mod perf_support;
+#[path = "support/queues.rs"]
+mod queues;
 
 use ptlens::debuginfo::{BinaryCache, SearchPaths};
 use ptlens::decode::{
@@ -17,6 +19,7 @@ use ptlens::decode::{
 use ptlens::index::{BinaryId, BinaryKey, IndexBuilder};
 use ptlens::perf::PerfData;
 use ptlens::sideband::Model;
+use queues::per_queue;
 
 /// The index, and every branch event, plus the code identity of each branch source.
 #[derive(Default)]
@@ -60,22 +63,6 @@ fn branch_from(event: &BranchEvent) -> Option<u64> {
     }
 }
 
-/// The events of each queue (CPU, or thread when per-thread), in order: segments decoded
-/// again come queue by queue, a full decode in perf's order across queues.
-fn per_queue(events: &[BranchEvent]) -> BTreeMap<(i32, i32), Vec<BranchEvent>> {
-    let mut out: BTreeMap<(i32, i32), Vec<BranchEvent>> = BTreeMap::new();
-    for e in events {
-        let o = &e.origin;
-        let key = if o.cpu == -1 {
-            (-1, o.tid)
-        } else {
-            (o.cpu, -1)
-        };
-        out.entry(key).or_default().push(e.clone());
-    }
-    out
-}
-
 /// Checks at most `limit` branch sources of the sample in `dir`, spread evenly.
 fn check(dir: &Path, limit: usize) {
     let data = PerfData::open(dir.join("perf.data")).unwrap();
@@ -116,8 +103,8 @@ fn check(dir: &Path, limit: usize) {
         };
         segments.decode(&mut refs.into_iter(), &mut sink);
         assert_eq!(
-            per_queue(&got),
-            per_queue(expected),
+            per_queue(got),
+            per_queue(expected.clone()),
             "{}: events from {from:#x}",
             dir.display()
         );
